@@ -1,0 +1,33 @@
+"""dropinf dashboard: the router.
+
+Run with ``streamlit run app.py``. One shared page setup (page config, palette, logo), the sidebar
+naming the current model, dataset and run, and ``st.navigation`` over the pages in ``pages/``.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages._shared import render_sidebar, setup_page, sync_run_with_url
+
+PAGES = [
+    st.Page("pages/load.py", title="Load", icon=":material/upload:", url_path="load", default=True),
+    st.Page("pages/compute.py", title="Compute", icon=":material/bolt:", url_path="compute"),
+    st.Page("pages/explore.py", title="Explore", icon=":material/search:", url_path="explore"),
+    st.Page("pages/gradient_map.py", title="Gradient map", icon=":material/scatter_plot:",
+            url_path="map"),
+    st.Page("pages/label_issues.py", title="Label issues", icon=":material/flag:",
+            url_path="labels"),
+]
+
+
+def main() -> None:
+    """Set up the page, sync the URL, draw the sidebar and run the chosen page."""
+    setup_page()
+    page = st.navigation(PAGES)
+    sync_run_with_url()
+    render_sidebar()
+    page.run()
+
+
+main()

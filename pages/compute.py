@@ -1,0 +1,148 @@
+"""Compute: configure a run, start it in the background, follow it, cancel or resume it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+import torch
+
+from dropinf import runs
+from dropinf.config import COMPRESSION_METHODS, CURVATURE_KINDS, CompressionConfig, CurvatureConfig
+from dropinf.errors import DropinfError
+from pages import _shared as ui
+
+
+def compression_form() -> CompressionConfig:
+    """Compressor, mask, keep ratio and seed widgets.
+
+    Raises:
+        ConfigError: When the values do not make a valid config.
+    """
+    left, right = st.columns(2)
+    method = left.selectbox("Compressor", COMPRESSION_METHODS, index=0, key="method",
+                            help="`dropout` is the method; the others are baselines.")
+    mask = right.radio("Dropout mask", ["energy", "uniform"], horizontal=True, key="mask",
+                       disabled=method != "dropout",
+                       help="`energy` keeps the busiest units; `uniform` draws them at random.")
+    keep_ratio = left.slider("Keep ratio", 0.05, 1.0, 0.25, 0.05, key="keep_ratio",
+                             help="Share of each layer's input and output units kept.")
+    seed = right.number_input("Seed", 0, 2**31 - 1, 0, key="seed")
+    return CompressionConfig(method=method, keep_ratio=keep_ratio, seed=int(seed), mask=mask)
+
+
+def curvature_form() -> CurvatureConfig:
+    """Curvature kind and damping widgets.
+
+    Raises:
+        ConfigError: When the values do not make a valid config.
+    """
+    left, right = st.columns(2)
+    kind = left.selectbox("Curvature", CURVATURE_KINDS, index=0, key="curvature",
+                          help="`auto`: one k×k Fisher when k is small, else per-layer blocks.")
+    auto = right.checkbox("Automatic damping (0.1 · mean diagonal)", value=True, key="auto_damping")
+    damping = None if auto else right.number_input(
+        "Damping λ", min_value=1e-8, value=1e-3, format="%.2e", key="damping")
+    return CurvatureConfig(kind=kind, damping=damping)
+
+
+def device_choice() -> str:
+    """The compute device: cuda when available, else cpu."""
+    devices = ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
+    return st.selectbox("Device", devices, index=0, key="device")
+
+
+def estimate_panel(context: ui.Context, compression: CompressionConfig) -> None:
+    """The resulting k, store size and a time estimate for the chosen config."""
+    try:
+        estimate = ui.run_estimate(context, compression)
+    except DropinfError as error:
+        ui.show_error(error)
+        return
+    cols = st.columns(3)
+    cols[0].metric("Compressed dimension k", f"{estimate['k']:,}")
+    cols[1].metric("Gradient store", ui.human_bytes(estimate["store_bytes"]))
+    cols[2].metric("Estimated time", ui.human_seconds(estimate["seconds"]))
+
+
+def start(request: runs.RunRequest, run_dir: Path) -> None:
+    """Start (or resume) the compute job of a request and make its run current."""
+    try:
+        ui.job_runner().start(runs.compute_command(request, run_dir), run_dir)
+    except DropinfError as error:
+        ui.show_error(error)
+        return
+    ui.select_run(run_dir.name)
+
+
+@st.fragment(run_every=1.0)
+def progress_panel(run_dir: Path) -> None:
+    """Live progress of a run's job, with Cancel; reruns the page when the job ends."""
+    status = ui.job_runner().status(run_dir)
+    if status.state not in ("queued", "running"):
+        if st.session_state.get("watching") == run_dir.name:
+            st.session_state.pop("watching")
+            st.rerun()
+        return
+    st.session_state["watching"] = run_dir.name
+    share = status.done / status.total if status.total else 0.0
+    st.progress(min(share, 1.0), text=f"{status.phase or status.state}: "
+                f"{status.done:,} / {status.total:,}")
+    cols = st.columns([1, 1, 1])
+    speed = f"{status.examples_per_s:,.0f}" if status.examples_per_s else "—"
+    cols[0].metric("Examples / s", speed)
+    cols[1].metric("ETA", ui.human_seconds(status.eta_s) if status.eta_s is not None else "—")
+    if cols[2].button("Cancel", icon=":material/stop_circle:", key="cancel"):
+        ui.job_runner().cancel(run_dir)
+        st.rerun()
+
+
+def run_panel(request: runs.RunRequest, run_dir: Path) -> None:
+    """What the run of this config is doing: finished (reuse), running, stopped, or absent."""
+    status = ui.job_runner().status(run_dir)
+    st.caption(f"Run key `{run_dir.name}` (model + data + config, content-addressed)")
+    if status.state == "complete":
+        st.success("This model, data and configuration already ran: its results are reused.",
+                   icon=":material/check_circle:")
+        if st.session_state.get(ui.RUN_KEY) != run_dir.name:
+            ui.select_run(run_dir.name)
+        st.page_link("pages/explore.py", label="Explore influence", icon=":material/search:")
+    elif status.state in ("queued", "running"):
+        progress_panel(run_dir)
+    elif status.state in ("failed", "cancelled"):
+        st.warning(f"The run was {status.state}." + (f" {status.error}" if status.error else ""))
+        if st.button("Resume", type="primary", icon=":material/play_arrow:", key="resume"):
+            start(request, run_dir)
+            st.rerun()
+    elif st.button("Start", type="primary", icon=":material/play_arrow:", key="start"):
+        start(request, run_dir)
+        st.rerun()
+
+
+def runs_table() -> None:
+    """All runs under the dropinf home."""
+    rows = runs.list_runs()
+    st.subheader("Runs")
+    if not rows:
+        st.caption("No runs yet.")
+        return
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+
+
+st.title("Compute influence")
+if (context := ui.require_context()) is not None:
+    try:
+        loaded, bundle = ui.load_context(context)
+        compression = compression_form()
+        curvature = curvature_form()
+        device = device_choice()
+        estimate_panel(context, compression)
+        request = runs.RunRequest(checkpoint=Path(context.checkpoint), data_spec=context.data_spec,
+                                  compression=compression, curvature=curvature, device=device)
+        run_dir = runs.run_dir_for(request, loaded.sha256, bundle.fingerprint)
+    except DropinfError as error:
+        ui.show_error(error)
+    else:
+        run_panel(request, run_dir)
+runs_table()

@@ -1,0 +1,155 @@
+"""Load: the embedded demo, or a model checkpoint and a dataset of your own."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from dropinf import models, paths
+from dropinf.errors import ConfigError, DropinfError
+from pages import _shared as ui
+
+
+def data_root() -> Path:
+    """The folder server-side paths are resolved in: ``$DROPINF_DATA_ROOT`` or the dropinf home."""
+    root = os.environ.get("DROPINF_DATA_ROOT")
+    return Path(root).expanduser().resolve() if root else paths.home_dir()
+
+
+def server_path(text: str) -> Path:
+    """A path typed by the analyst, resolved inside the data root.
+
+    Raises:
+        ConfigError: When the path escapes the data root or does not exist.
+    """
+    root = data_root()
+    path = (root / text.strip()).resolve()
+    if not path.is_relative_to(root):
+        raise ConfigError(f"expected a path inside the data root {root}, got {text!r}")
+    if not path.exists():
+        raise ConfigError(f"expected an existing file or folder under {root}; none at {path}")
+    return path
+
+
+def save_upload(upload: st.runtime.uploaded_file_manager.UploadedFile) -> Path:
+    """Store an uploaded checkpoint under the dropinf home, named by its content hash."""
+    content = upload.getvalue()
+    digest = hashlib.sha256(content).hexdigest()[:16]
+    folder = paths.home_dir() / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{digest}-{Path(upload.name).name}"
+    if not path.exists():
+        path.write_bytes(content)
+    return path
+
+
+def demo_panel() -> None:
+    """The one-click demo: digits with 10% flipped labels and its small CNN."""
+    st.markdown(
+        "The **embedded demo** is the scikit-learn digits (8×8 greyscale) with **10% of the "
+        "training labels flipped** on purpose, and a small CNN trained on them. The flipped "
+        "labels are known, so the Label-issues page can score how well influence finds them."
+    )
+    if st.button("Load the demo", type="primary", icon=":material/rocket_launch:", key="load_demo"):
+        try:
+            context = ui.ensure_demo()
+            ui.load_context(context)
+        except DropinfError as error:
+            ui.show_error(error)
+            return
+        ui.set_context(context)
+        st.rerun()
+
+
+def checkpoint_input() -> Path | None:
+    """The checkpoint widgets (upload or server path); its path once given, else None."""
+    source = st.radio("Checkpoint", ["Upload", "Path on the server"], horizontal=True)
+    if source == "Upload":
+        upload = st.file_uploader("Checkpoint (.safetensors or .pt)", type=["safetensors", "pt"])
+        return save_upload(upload) if upload is not None else None
+    text = st.text_input("Checkpoint path", help=f"Relative to the data root {data_root()}")
+    return server_path(text) if text.strip() else None
+
+
+def dataset_input() -> str:
+    """The dataset spec widget: a builtin spec or a path under the data root."""
+    text = st.text_input(
+        "Dataset",
+        value="digits",
+        help="A spec such as `digits:noise=0.1,seed=0`, or a path under the data root to an "
+        ".npz file, an image folder or cifar-10-batches-py/.",
+    )
+    text = text.strip()
+    if text and not text.startswith("digits") and not Path(text).is_absolute():
+        return str(server_path(text))
+    return text
+
+
+def own_model_panel() -> None:
+    """Architecture + checkpoint + dataset, loaded and checked together."""
+    choices = ["(from the checkpoint's sidecar)", *models.architectures()]
+    arch = st.selectbox("Architecture", choices)
+    arch_args = st.text_input("Architecture arguments (JSON)", value="{}")
+    try:
+        checkpoint = checkpoint_input()
+        spec = dataset_input()
+        kwargs = json.loads(arch_args or "{}")
+    except (DropinfError, json.JSONDecodeError) as error:
+        ui.show_error(error)
+        return
+    if st.button("Load model and data", type="primary", disabled=checkpoint is None or not spec):
+        context = ui.Context(
+            checkpoint=str(checkpoint),
+            data_spec=spec,
+            arch=None if arch.startswith("(") else arch,
+            arch_args=json.dumps(kwargs, sort_keys=True),
+            title=Path(str(checkpoint)).name,
+        )
+        try:
+            ui.load_context(context)
+        except DropinfError as error:
+            ui.show_error(error)
+            return
+        ui.set_context(context)
+        st.rerun()
+
+
+def summary(context: ui.Context) -> None:
+    """Parameters, capturable layers, accuracy and class balance of the loaded pair."""
+    try:
+        loaded, bundle = ui.load_context(context)
+        facts = ui.model_facts(context)
+    except DropinfError as error:
+        ui.show_error(error)
+        return
+    st.subheader("Loaded")
+    st.caption(f"`{loaded.arch}` from `{loaded.path}` · dataset `{bundle.spec}`")
+    cols = st.columns(5)
+    cols[0].metric("Parameters", f"{facts['parameters']:,}")
+    cols[1].metric("Capturable layers", len(facts["layers"]))
+    cols[2].metric("Train accuracy", f"{facts['train_accuracy']:.1%}")
+    cols[3].metric("Test accuracy", f"{facts['test_accuracy']:.1%}")
+    cols[4].metric("Train / test", f"{len(bundle.train):,} / {len(bundle.test):,}")
+    left, right = st.columns([3, 2])
+    with left:
+        st.markdown("**Class balance (training set, given labels)**")
+        st.bar_chart(facts["class_balance"], x="class", y="examples", color="#4C5FD5", height=240)
+    with right:
+        st.markdown("**Capturable layers**")
+        st.dataframe(pd.DataFrame(facts["layers"]), hide_index=True, height=240)
+    st.page_link("pages/compute.py", label="Next: compute influence", icon=":material/bolt:")
+
+
+st.title("Load a model and its data")
+demo_tab, own_tab = st.tabs(["Embedded demo", "Bring a model"])
+with demo_tab:
+    demo_panel()
+with own_tab:
+    own_model_panel()
+if (context := ui.current_context()) is not None:
+    summary(context)
