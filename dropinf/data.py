@@ -309,10 +309,13 @@ def load_data(spec: str) -> DatasetBundle:
         ConfigError: A noise option is out of range.
     """
     source, options = parse_spec(spec)
-    test_fraction = float(options.get("test_fraction", DEFAULT_TEST_FRACTION))
-    split_seed = int(options.get("split_seed", 0))
-    raw = _load_source(source, test_fraction, split_seed)
-    _validate_raw(raw)
+    raw = _load_source(source)
+    _check_split_arrays(raw.name, "train", raw.x_train, raw.y_train)
+    _class_count(raw)
+    if raw.x_test is None or raw.y_test is None:
+        test_fraction = _option_float(options, "test_fraction", DEFAULT_TEST_FRACTION)
+        raw = _split_off_test(raw, test_fraction, int(_option_float(options, "split_seed", 0)))
+    _validate_test(raw)
     return _bundle_from_raw(raw, spec, options)
 
 
@@ -349,17 +352,24 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
 
 @dataclass
 class _RawData:
-    """Arrays as read from a source, before validation and noise."""
+    """Arrays as read from a source, before validation and noise; no test split yet if None."""
 
     name: str
     x_train: np.ndarray
     y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
     class_names: list[str] | None
 
 
-def _load_source(source: str, test_fraction: float, split_seed: int) -> _RawData:
+def _split_off_test(raw: _RawData, test_fraction: float, split_seed: int) -> _RawData:
+    train_idx, test_idx = stratified_split(raw.y_train, test_fraction, split_seed)
+    x, y = raw.x_train, raw.y_train
+    return replace(raw, x_train=x[train_idx], y_train=y[train_idx], x_test=x[test_idx],
+                   y_test=y[test_idx])  # fmt: skip
+
+
+def _load_source(source: str) -> _RawData:
     if source == "digits":
         return _load_digits()
     path = Path(source).expanduser()
@@ -370,10 +380,10 @@ def _load_source(source: str, test_fraction: float, split_seed: int) -> _RawData
     if path.is_file():
         if path.suffix.lower() != ".npz":
             raise DatasetError(f"unsupported data file {path.name!r}: expected a .npz file")
-        return _load_npz(path, test_fraction, split_seed)
+        return _load_npz(path)
     if (path / "data_batch_1").exists() or (path / "test_batch").exists():
         return _load_cifar10(path)
-    return _load_image_folder(path, test_fraction, split_seed)
+    return _load_image_folder(path)
 
 
 def _bundle_from_raw(raw: _RawData, spec: str, options: Mapping[str, str]) -> DatasetBundle:
@@ -431,7 +441,7 @@ def _as_float_tensor(x: np.ndarray) -> torch.Tensor:
 def stratified_split(
     labels: np.ndarray, test_size: float | int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded stratified train/test indices.
+    """Seeded stratified train/test indices (unstratified if a class is too small).
 
     Args:
         labels: (n,) integer labels.
@@ -449,25 +459,25 @@ def stratified_split(
     if isinstance(test_size, float) and not 0.0 < test_size < 1.0:
         raise DatasetError(f"test_fraction must be in (0, 1), got {test_size}")
     indices = np.arange(len(labels))
-    _, counts = np.unique(labels, return_counts=True)
-    stratify = labels if counts.min() >= 2 else None
     try:
         train_idx, test_idx = train_test_split(
-            indices, test_size=test_size, random_state=seed, stratify=stratify
+            indices, test_size=test_size, random_state=seed, stratify=labels
         )
-    except ValueError as error:
-        raise DatasetError(
-            f"cannot split {len(labels)} examples into train/test: {error}"
-        ) from None
+    except ValueError:  # a class too small to stratify: fall back to a plain seeded shuffle
+        try:
+            train_idx, test_idx = train_test_split(indices, test_size=test_size, random_state=seed)
+        except ValueError as error:
+            raise DatasetError(
+                f"cannot split {len(labels)} examples into train/test: {error}"
+            ) from None
     return np.sort(train_idx), np.sort(test_idx)
 
 
 # ---------------------------------------------------------------- validation
 
 
-def _validate_raw(raw: _RawData) -> None:
-    for split, x, y in (("train", raw.x_train, raw.y_train), ("test", raw.x_test, raw.y_test)):
-        _check_split_arrays(raw.name, split, x, y)
+def _validate_test(raw: _RawData) -> None:
+    _check_split_arrays(raw.name, "test", raw.x_test, raw.y_test)
     if raw.x_train.shape[1:] != raw.x_test.shape[1:]:
         raise DatasetError(
             f"{raw.name}: test examples have shape {raw.x_test.shape[1:]}, expected the training "
@@ -510,7 +520,8 @@ def _check_finite(where: str, x: np.ndarray) -> None:
 
 
 def _class_count(raw: _RawData) -> int:
-    max_label = int(max(raw.y_train.max(), raw.y_test.max()))
+    test_max = raw.y_test.max() if raw.y_test is not None and len(raw.y_test) else 0
+    max_label = int(max(raw.y_train.max(), test_max))
     if raw.class_names is None:
         if max_label < 1:
             raise DatasetError(f"{raw.name}: labels hold one class only; expected at least 2")
@@ -553,14 +564,12 @@ def _load_digits() -> _RawData:
 # ---------------------------------------------------------------- .npz
 
 
-def _load_npz(
-    path: Path, test_fraction: float = DEFAULT_TEST_FRACTION, split_seed: int = 0
-) -> _RawData:
+def _load_npz(path: Path) -> _RawData:
     """Read arrays ``x``, ``y`` (+ optional ``class_names``, ``x_test``, ``y_test``) from a .npz.
 
     ``x`` may be (N, C, H, W), (N, H, W) (one channel) or (N, D); uint8 is scaled to [0, 1].
-    Without ``x_test``/``y_test`` the data is split by ``split_seed``. Object arrays are refused
-    (``allow_pickle=False``).
+    Without ``x_test``/``y_test`` the data is split later by ``split_seed``. Object arrays are
+    refused (``allow_pickle=False``).
 
     Raises:
         DatasetError: Unreadable file, missing or malformed arrays.
@@ -575,13 +584,8 @@ def _load_npz(
         )
     x, y = _images_first(arrays["x"]), arrays["y"]
     class_names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
-    if "x_test" in arrays:
-        x_test, y_test = _images_first(arrays["x_test"]), arrays["y_test"]
-    else:
-        _check_split_arrays(path.name, "train", x, y)
-        train_idx, test_idx = stratified_split(y, test_fraction, split_seed)
-        x, y, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
-    return _RawData(path.name, x, y, x_test, y_test, class_names)
+    x_test = _images_first(arrays["x_test"]) if "x_test" in arrays else None
+    return _RawData(path.name, x, y, x_test, arrays.get("y_test"), class_names)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -605,14 +609,12 @@ def _images_first(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- ImageFolder
 
 
-def _load_image_folder(
-    root: Path, test_fraction: float = DEFAULT_TEST_FRACTION, split_seed: int = 0
-) -> _RawData:
+def _load_image_folder(root: Path) -> _RawData:
     """Read an ImageFolder: ``root/{train,test}/<class>/<image>`` or ``root/<class>/<image>``.
 
-    Without ``train/`` and ``test/`` the images are split by ``split_seed``. Images must share
-    one size; all grayscale gives one channel, else RGB. Hidden files are
-    skipped; any other non-image file in a class folder is an error.
+    Without ``train/`` and ``test/`` the images are split later by ``split_seed``. Images must
+    share one size; all grayscale gives one channel, else RGB. Hidden files are skipped; any
+    other non-image file in a class folder is an error.
 
     Raises:
         DatasetError: No class folders, an empty class, a non-image or unreadable file, or
@@ -623,8 +625,7 @@ def _load_image_folder(
         _, x_test, y_test = _read_class_folders(root / "test", class_names)
         return _RawData(root.name, x_train, y_train, x_test, y_test, class_names)
     class_names, x, y = _read_class_folders(root, None)
-    train_idx, test_idx = stratified_split(y, test_fraction, split_seed)
-    return _RawData(root.name, x[train_idx], y[train_idx], x[test_idx], y[test_idx], class_names)
+    return _RawData(root.name, x, y, None, None, class_names)
 
 
 def _read_class_folders(
