@@ -2,8 +2,8 @@
 
 Every error the user can cause is one of these types, with a message that says what was expected
 and what was found. Errors about bad input subclass ``ValueError`` so callers that only know the
-standard library still catch them. Pages show ``str(error)`` with ``st.error``; the CLI prints it and
-exits non-zero.
+standard library still catch them. Pages show ``str(error)`` with ``st.error``; the CLI prints
+it and exits non-zero.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ class NoCapturableLayerError(DropinfError, ValueError):
 
 class NonFiniteError(DropinfError, ValueError):
     """A loss, gradient or input holds NaN or infinity."""
+
+
+class LossShapeError(DropinfError, ValueError):
+    """A loss function returned something other than one loss per example."""
 
 
 class RunError(DropinfError):

@@ -7,7 +7,9 @@ from torch import nn
 from torch.nn import functional
 
 
-def cross_entropy_per_sample(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def cross_entropy_per_sample(
+    model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
     """Cross-entropy of each example of a classification batch.
 
     Args:

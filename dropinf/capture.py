@@ -1,0 +1,337 @@
+"""Per-sample compressed gradients, captured with hooks.
+
+For every ``nn.Linear`` and ``nn.Conv2d`` a forward hook keeps the layer input (only the kept
+units when the compressor needs a subset) and the layer output. The output gradients δ come from
+one ``torch.autograd.grad`` of the *summed* per-sample losses with respect to those outputs, so an
+ordinary backward's weight-gradient products are never computed. The compressor then forms its k
+numbers from (a, δ). Parameters outside those layers (norms, embeddings, unusual convolutions) are
+*flat*: their per-sample gradients come from ``torch.func.vmap`` and a flat compressor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.nn import functional
+
+from dropinf.compress import LayerCompressor, LayerSpec, UnitEnergy
+from dropinf.errors import LossShapeError, NoCapturableLayerError, NonFiniteError
+
+LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
+
+
+@dataclass
+class CaptureLayout:
+    """Which parts of a model are captured, in capture order.
+
+    Attributes:
+        modules: Factored modules (Linear / Conv2d) by name.
+        flat_parameters: Parameters outside those modules, by name.
+        specs: One spec per captured layer: the factored modules, then each flat parameter.
+    """
+
+    modules: dict[str, nn.Module]
+    flat_parameters: dict[str, nn.Parameter]
+    specs: list[LayerSpec] = field(default_factory=list)
+
+
+def is_factorable_conv(module: nn.Conv2d) -> bool:
+    """Whether a Conv2d's gradient can be formed from unfolded inputs (plain, ungrouped)."""
+    return (
+        module.groups == 1
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
+
+
+def factored_spec(name: str, module: nn.Module) -> LayerSpec | None:
+    """The spec of a Linear / factorable Conv2d, or None for any other module."""
+    has_bias = getattr(module, "bias", None) is not None and module.bias.requires_grad
+    if isinstance(module, nn.Linear):
+        return LayerSpec(name, "linear", module.in_features, module.out_features, 1, has_bias)
+    if isinstance(module, nn.Conv2d) and is_factorable_conv(module):
+        kernel_h, kernel_w = module.kernel_size
+        return LayerSpec(
+            name, "conv2d", module.in_channels, module.out_channels, kernel_h * kernel_w, has_bias
+        )
+    return None
+
+
+def discover_layers(model: nn.Module) -> CaptureLayout:
+    """Find the layers to capture: every trainable Linear / Conv2d, then leftover parameters.
+
+    Raises:
+        NoCapturableLayerError: The model has no trainable Linear or Conv2d layer.
+    """
+    layout = CaptureLayout(modules={}, flat_parameters={})
+    covered: set[int] = set()
+    for name, module in model.named_modules():
+        spec = factored_spec(name, module)
+        if spec is None or not module.weight.requires_grad:
+            continue
+        layout.modules[name] = module
+        layout.specs.append(spec)
+        covered.add(id(module.weight))
+        if spec.has_bias:
+            covered.add(id(module.bias))
+    if not layout.modules:
+        raise NoCapturableLayerError(
+            f"expected a model with at least one trainable nn.Linear or nn.Conv2d layer; "
+            f"found none in {type(model).__name__}"
+        )
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and id(parameter) not in covered:
+            layout.flat_parameters[name] = parameter
+            layout.specs.append(LayerSpec(name, "flat", parameter.numel()))
+    return layout
+
+
+@dataclass
+class LayerCall:
+    """What a forward hook kept of one call of a captured module."""
+
+    position: int
+    inputs: torch.Tensor
+    output: torch.Tensor
+    output_version: int
+
+
+@dataclass
+class CapturedBatch:
+    """Compressed gradients of one batch and what the model made of it.
+
+    Attributes:
+        gradients: (B, k) compressed per-sample gradients, layers concatenated in capture order.
+        losses: (B,) per-sample losses.
+        predictions: (B,) argmax of the model's (B, C) output, or None for other outputs.
+    """
+
+    gradients: torch.Tensor
+    losses: torch.Tensor
+    predictions: torch.Tensor | None
+
+
+class GradientCapture:
+    """Forms per-sample compressed gradients of a model, one batch at a time.
+
+    Args:
+        model: The model, in eval mode, on its device.
+        layout: The layers to capture (``discover_layers``).
+        compressors: One compressor per spec of ``layout``, on the model's device.
+    """
+
+    def __init__(
+        self, model: nn.Module, layout: CaptureLayout, compressors: Sequence[LayerCompressor]
+    ) -> None:
+        self.model = model
+        self.layout = layout
+        self.compressors = list(compressors)
+        self.clone_outputs: set[int] = set()
+
+    @property
+    def k(self) -> int:
+        """Total compressed dimension."""
+        return sum(compressor.k for compressor in self.compressors)
+
+    def capture(self, loss_fn: LossFn, batch: Sequence[torch.Tensor]) -> CapturedBatch:
+        """Compressed per-sample gradients of one batch.
+
+        Raises:
+            NonFiniteError: A per-sample loss is NaN or infinite.
+        """
+        calls, losses, predictions = self._forward(loss_fn, batch, gather=True)
+        output_grads = self._output_grads(losses, calls)
+        factored = self._compress_factored(calls, output_grads, batch_size=losses.shape[0])
+        flat = self._compress_flat(loss_fn, batch)
+        gradients = torch.cat(factored + flat, dim=1)  # (B, k)
+        return CapturedBatch(gradients.detach(), losses.detach(), predictions)
+
+    def unit_energy(self, loss_fn: LossFn, batch: Sequence[torch.Tensor]) -> list[UnitEnergy]:
+        """Per-unit activation and output-gradient energy of one batch, one entry per spec."""
+        calls, losses, _ = self._forward(loss_fn, batch, gather=False)
+        output_grads = self._output_grads(losses, calls)
+        energies = [
+            UnitEnergy(torch.zeros(spec.in_units), torch.zeros(spec.out_units))
+            for spec in self.layout.specs
+        ]
+        for call, delta in zip(calls, output_grads, strict=True):
+            spec = self.layout.specs[call.position]
+            channel_axis = 1 if spec.kind == "conv2d" else -1
+            energies[call.position].inputs += unit_sum_of_squares(call.inputs, channel_axis)
+            energies[call.position].outputs += unit_sum_of_squares(delta, channel_axis)
+        first_flat = len(self.layout.modules)
+        flat_grads = self._flat_per_sample_grads(loss_fn, batch)
+        for offset, grads in enumerate(flat_grads):
+            energies[first_flat + offset].inputs += grads.detach().pow(2).sum(0).cpu()
+        return energies
+
+    def _forward(
+        self, loss_fn: LossFn, batch: Sequence[torch.Tensor], gather: bool
+    ) -> tuple[list[LayerCall], torch.Tensor, torch.Tensor | None]:
+        """Run the loss with hooks; rerun once if a layer output was later changed in place."""
+        with self._hooks(gather) as (calls, outputs):
+            losses = loss_fn(self.model, batch)
+        check_losses(losses)
+        changed = {call.position for call in calls if call.output._version != call.output_version}
+        if changed - self.clone_outputs:
+            self.clone_outputs |= changed
+            return self._forward(loss_fn, batch, gather)
+        predictions = predicted_classes(outputs[-1] if outputs else None)
+        return calls, losses, predictions
+
+    @contextmanager
+    def _hooks(self, gather: bool) -> Iterator[tuple[list[LayerCall], list[torch.Tensor]]]:
+        calls: list[LayerCall] = []
+        outputs: list[torch.Tensor] = []
+        handles = [
+            module.register_forward_hook(self._layer_hook(position, calls, gather))
+            for position, module in enumerate(self.layout.modules.values())
+        ]
+        handles.append(self.model.register_forward_hook(lambda _m, _i, out: outputs.append(out)))
+        try:
+            yield calls, outputs
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _layer_hook(self, position: int, calls: list[LayerCall], gather: bool) -> Callable:
+        spec = self.layout.specs[position]
+        index = self.compressors[position].input_index if gather else None
+
+        def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            inputs = gather_units(args[0].detach(), index, spec)
+            calls.append(LayerCall(position, inputs, output, output._version))
+            # A clone shields the kept output from in-place ops downstream (e.g. ReLU(inplace)).
+            return output.clone() if position in self.clone_outputs else None
+
+        return hook
+
+    def _output_grads(self, losses: torch.Tensor, calls: list[LayerCall]) -> list[torch.Tensor]:
+        """δ for every recorded call: one autograd.grad of the summed per-sample losses."""
+        outputs = [call.output for call in calls]
+        grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
+        return [
+            torch.zeros_like(output) if g is None else g
+            for output, g in zip(outputs, grads, strict=True)
+        ]
+
+    def _compress_factored(
+        self, calls: list[LayerCall], output_grads: list[torch.Tensor], batch_size: int
+    ) -> list[torch.Tensor]:
+        """Compressed gradients of the factored layers, summed over repeated calls."""
+        modules = list(self.layout.modules.values())
+        blocks: list[torch.Tensor | None] = [None] * len(modules)
+        for call, delta in zip(calls, output_grads, strict=True):
+            compressor = self.compressors[call.position]
+            module = modules[call.position]
+            inputs = positions_view(call.inputs, module)  # (B, T, d_in)
+            deltas = output_grads_view(
+                delta, compressor.output_index, compressor.spec
+            )  # (B, T, d_out)
+            block = compressor.compress_factored(inputs, deltas)
+            previous = blocks[call.position]
+            blocks[call.position] = block if previous is None else previous + block
+        return [
+            block if block is not None else output_grads[0].new_zeros(batch_size, compressor.k)
+            for block, compressor in zip(blocks, self.compressors, strict=False)
+        ]
+
+    def _compress_flat(self, loss_fn: LossFn, batch: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        flat_compressors = self.compressors[len(self.layout.modules) :]
+        grads = self._flat_per_sample_grads(loss_fn, batch)
+        return [c.compress_flat(g) for c, g in zip(flat_compressors, grads, strict=True)]
+
+    def _flat_per_sample_grads(
+        self, loss_fn: LossFn, batch: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Per-sample gradients (B, D) of each flat parameter, through ``torch.func.vmap``."""
+        if not self.layout.flat_parameters:
+            return []
+        return flat_per_sample_grads(self.model, self.layout.flat_parameters, loss_fn, batch)
+
+
+def flat_per_sample_grads(
+    model: nn.Module,
+    flat_parameters: dict[str, nn.Parameter],
+    loss_fn: LossFn,
+    batch: Sequence[torch.Tensor],
+) -> list[torch.Tensor]:
+    """Per-sample gradients of some parameters, one (B, numel) tensor each, via vmap."""
+    frozen = {name: p.detach() for name, p in model.named_parameters()}
+    frozen.update({name: b for name, b in model.named_buffers()})
+
+    def loss_of_one(params: dict[str, torch.Tensor], *example: torch.Tensor) -> torch.Tensor:
+        merged = {**frozen, **params}
+        bound = lambda inputs: functional_call(model, merged, (inputs,))  # noqa: E731
+        return loss_fn(bound, [item.unsqueeze(0) for item in example])[0]
+
+    params = {name: p.detach() for name, p in flat_parameters.items()}
+    per_sample = vmap(grad(loss_of_one), in_dims=(None, *([0] * len(batch))))(params, *batch)
+    return [per_sample[name].flatten(1) for name in flat_parameters]
+
+
+def gather_units(inputs: torch.Tensor, index: torch.Tensor | None, spec: LayerSpec) -> torch.Tensor:
+    """Keep only the input units in ``index`` (channels for conv2d, features for linear)."""
+    if index is None:
+        return inputs
+    return inputs[:, index] if spec.kind == "conv2d" else inputs[..., index]
+
+
+def positions_view(inputs: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """Layer inputs as (B, T, d_in): features per position (unfolded patches for conv2d)."""
+    batch = inputs.shape[0]
+    if isinstance(module, nn.Conv2d):
+        patches = functional.unfold(
+            inputs, module.kernel_size, module.dilation, module.padding, module.stride
+        )  # (B, d_in, L)
+        return patches.transpose(1, 2)
+    return inputs.reshape(batch, -1, inputs.shape[-1])
+
+
+def output_grads_view(
+    output_grads: torch.Tensor, index: torch.Tensor | None, spec: LayerSpec
+) -> torch.Tensor:
+    """Kept output gradients as (B, T, d_out)."""
+    batch = output_grads.shape[0]
+    if spec.kind == "conv2d":
+        kept = output_grads if index is None else output_grads[:, index]  # (B, k_out, H, W)
+        return kept.reshape(batch, kept.shape[1], -1).transpose(1, 2)
+    kept = output_grads if index is None else output_grads[..., index]
+    return kept.reshape(batch, -1, kept.shape[-1])
+
+
+def unit_sum_of_squares(values: torch.Tensor, channel_axis: int) -> torch.Tensor:
+    """Sum of squares per unit along ``channel_axis``, over every other axis, on the CPU."""
+    moved = values.detach().movedim(channel_axis, -1)
+    return moved.reshape(-1, moved.shape[-1]).pow(2).sum(0).cpu()
+
+
+def predicted_classes(output: torch.Tensor | None) -> torch.Tensor | None:
+    """Argmax classes of a (B, C) model output, or None when the output is not logits."""
+    if isinstance(output, torch.Tensor) and output.ndim == 2:
+        return output.detach().argmax(dim=1)
+    return None
+
+
+def check_losses(losses: torch.Tensor) -> None:
+    """Refuse losses that are not a finite (B,) vector.
+
+    Raises:
+        NonFiniteError: Some per-sample loss is NaN or infinite.
+        LossShapeError: The loss function did not return one loss per example.
+    """
+    if losses.ndim != 1:
+        raise LossShapeError(
+            f"loss_fn must return per-sample losses of shape (B,), got shape {tuple(losses.shape)}"
+        )
+    bad = (~torch.isfinite(losses)).nonzero().flatten()
+    if bad.numel():
+        raise NonFiniteError(
+            f"expected finite per-sample losses; found NaN/inf at batch positions "
+            f"{bad[:10].tolist()}"
+        )

@@ -1,0 +1,326 @@
+"""Compressor strategies: how one layer's per-sample gradient becomes k numbers.
+
+A captured layer is either *factored* (``nn.Linear`` and ``nn.Conv2d``: the per-sample weight
+gradient is ``Σ_t δ_t a_tᵀ`` over positions t) or *flat* (any other parameter, whose per-sample
+gradient arrives as a vector). Every strategy maps both kinds to a fixed number of coordinates:
+
+* ``dropout``: keep a fixed subset of input units and output units (one mask for all samples);
+  the compressed gradient is the gradient of the sub-block ``W[S_out, S_in]``, formed from the
+  kept coordinates only. Masks are ``uniform`` (seeded random) or ``energy`` (the units with most
+  activation / output-gradient energy on a calibration pass).
+* ``identity``: keep everything (exact; the reference for every test).
+* ``factorized_gaussian``: LoGra-style Gaussian projections of a and δ, then their outer product.
+* ``gaussian``: a dense Gaussian projection of the full per-sample gradient (TRAK-style).
+* ``sjlt``: a sparse Johnson-Lindenstrauss projection (s signed ones per input coordinate).
+
+All strategies of one layer produce the same k for the same keep ratio, so they store the same
+number of floats and can be compared at equal budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from dropinf.config import CompressionConfig
+
+SJLT_NONZEROS = 2
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """The shape of one captured layer.
+
+    Attributes:
+        name: Module name (``model.named_modules()``), or parameter name for flat layers.
+        kind: ``linear``, ``conv2d`` or ``flat``.
+        in_units: Input features (linear), input channels (conv2d) or parameter size (flat).
+        out_units: Output features / channels; 0 for flat layers.
+        patch: Kernel positions per input channel (kh·kw for conv2d, 1 otherwise).
+        has_bias: Whether the layer's bias is captured with it.
+    """
+
+    name: str
+    kind: str
+    in_units: int
+    out_units: int = 0
+    patch: int = 1
+    has_bias: bool = False
+
+    @property
+    def is_factored(self) -> bool:
+        """True for layers whose gradient is a sum of outer products."""
+        return self.kind != "flat"
+
+    @property
+    def full_dim(self) -> int:
+        """Number of parameters the layer's gradient has uncompressed."""
+        if not self.is_factored:
+            return self.in_units
+        return self.out_units * self.in_units * self.patch + (
+            self.out_units if self.has_bias else 0
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict of this spec."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "in_units": self.in_units,
+            "out_units": self.out_units,
+            "patch": self.patch,
+            "has_bias": self.has_bias,
+        }
+
+
+def kept_units(units: int, keep_ratio: float) -> int:
+    """How many of ``units`` a keep ratio keeps: ``round(q·units)``, at least 1."""
+    return max(1, min(units, round(keep_ratio * units)))
+
+
+@dataclass
+class UnitEnergy:
+    """Sums of squares per unit, gathered on a calibration pass (for energy masks).
+
+    Attributes:
+        inputs: (in_units,) activation energy per input unit (channel for conv2d, entry for flat).
+        outputs: (out_units,) output-gradient energy per output unit (empty for flat layers).
+    """
+
+    inputs: torch.Tensor
+    outputs: torch.Tensor
+
+
+class LayerCompressor:
+    """Compresses the gradients of one layer to ``k`` coordinates.
+
+    Subclasses set ``input_index`` / ``output_index`` when they only need a subset of the units
+    (the capture gathers those before anything else), and implement ``compress_factored`` and
+    ``compress_flat``.
+    """
+
+    input_index: torch.Tensor | None = None
+    output_index: torch.Tensor | None = None
+
+    def __init__(self, spec: LayerSpec, keep_ratio: float) -> None:
+        self.spec = spec
+        self.k_in = kept_units(spec.in_units, keep_ratio) * spec.patch
+        self.k_out = kept_units(spec.out_units, keep_ratio) if spec.is_factored else 0
+        self.k = self.k_out * self.k_in + (self.k_out if spec.has_bias else 0)
+        if not spec.is_factored:
+            self.k = kept_units(spec.in_units, keep_ratio)
+
+    def compress_factored(self, inputs: torch.Tensor, output_grads: torch.Tensor) -> torch.Tensor:
+        """Compress ``Σ_t δ_t a_tᵀ`` (and the bias gradient ``Σ_t δ_t``).
+
+        Args:
+            inputs: (B, T, d_in) layer inputs at each position, already gathered with
+                ``input_index`` and unfolded.
+            output_grads: (B, T, d_out) loss gradients of the layer outputs, already gathered
+                with ``output_index``.
+
+        Returns:
+            (B, k) compressed per-sample gradients.
+        """
+        raise NotImplementedError
+
+    def compress_flat(self, grads: torch.Tensor) -> torch.Tensor:
+        """Compress full per-sample gradients (B, D) of a flat layer to (B, k)."""
+        raise NotImplementedError
+
+    def to(self, device: torch.device) -> LayerCompressor:
+        """Move the compressor's tensors to ``device``."""
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device))
+        return self
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Tensors that cannot be regenerated from the seed (saved in the run directory)."""
+        return {}
+
+
+def outer_product_sum(inputs: torch.Tensor, output_grads: torch.Tensor, bias: bool) -> torch.Tensor:
+    """Per-sample ``Σ_t δ_t a_tᵀ`` flattened, followed by ``Σ_t δ_t`` when ``bias``.
+
+    Args:
+        inputs: (B, T, d_in).
+        output_grads: (B, T, d_out).
+        bias: Append the bias gradient.
+
+    Returns:
+        (B, d_out·d_in [+ d_out]).
+    """
+    batch = inputs.shape[0]
+    weight_grad = torch.bmm(output_grads.transpose(1, 2), inputs)  # (B, d_out, d_in)
+    parts = [weight_grad.reshape(batch, -1)]
+    if bias:
+        parts.append(output_grads.sum(dim=1))  # (B, d_out)
+    return torch.cat(parts, dim=1)
+
+
+class MaskCompressor(LayerCompressor):
+    """``dropout`` and ``identity``: keep a fixed subset of units (all of them for identity)."""
+
+    def __init__(
+        self,
+        spec: LayerSpec,
+        keep_ratio: float,
+        input_index: torch.Tensor | None,
+        output_index: torch.Tensor | None,
+    ) -> None:
+        super().__init__(spec, keep_ratio)
+        self.input_index = input_index
+        self.output_index = output_index
+
+    def compress_factored(self, inputs: torch.Tensor, output_grads: torch.Tensor) -> torch.Tensor:
+        """See ``LayerCompressor.compress_factored``."""
+        return outer_product_sum(inputs, output_grads, self.spec.has_bias)
+
+    def compress_flat(self, grads: torch.Tensor) -> torch.Tensor:
+        """See ``LayerCompressor.compress_flat``."""
+        return grads if self.input_index is None else grads[:, self.input_index]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """See ``LayerCompressor.state``."""
+        saved = {"input_index": self.input_index, "output_index": self.output_index}
+        return {name: index.cpu() for name, index in saved.items() if index is not None}
+
+
+class FactorizedGaussianCompressor(LayerCompressor):
+    """LoGra-style: project a and δ with Gaussian matrices, then take their outer product."""
+
+    def __init__(self, spec: LayerSpec, keep_ratio: float, generator: torch.Generator) -> None:
+        super().__init__(spec, keep_ratio)
+        if spec.is_factored:
+            d_in = spec.in_units * spec.patch
+            self.input_projection = gaussian_matrix(d_in, self.k_in, generator)
+            self.output_projection = gaussian_matrix(spec.out_units, self.k_out, generator)
+        else:
+            self.flat_projection = gaussian_matrix(spec.in_units, self.k, generator)
+
+    def compress_factored(self, inputs: torch.Tensor, output_grads: torch.Tensor) -> torch.Tensor:
+        """See ``LayerCompressor.compress_factored``."""
+        projected_inputs = inputs @ self.input_projection.to(inputs.dtype)  # (B, T, k_in)
+        projected_grads = output_grads @ self.output_projection.to(inputs.dtype)  # (B, T, k_out)
+        return outer_product_sum(projected_inputs, projected_grads, self.spec.has_bias)
+
+    def compress_flat(self, grads: torch.Tensor) -> torch.Tensor:
+        """See ``LayerCompressor.compress_flat``."""
+        return grads @ self.flat_projection.to(grads.dtype)
+
+
+class FlatProjectionCompressor(LayerCompressor):
+    """``gaussian`` and ``sjlt``: build the full per-sample gradient, then project it."""
+
+    def compress_factored(self, inputs: torch.Tensor, output_grads: torch.Tensor) -> torch.Tensor:
+        """See ``LayerCompressor.compress_factored``."""
+        return self.compress_flat(outer_product_sum(inputs, output_grads, self.spec.has_bias))
+
+
+class GaussianCompressor(FlatProjectionCompressor):
+    """Dense Gaussian projection of the full gradient (TRAK's projector)."""
+
+    def __init__(self, spec: LayerSpec, keep_ratio: float, generator: torch.Generator) -> None:
+        super().__init__(spec, keep_ratio)
+        self.projection = gaussian_matrix(spec.full_dim, self.k, generator)
+
+    def compress_flat(self, grads: torch.Tensor) -> torch.Tensor:
+        """See ``LayerCompressor.compress_flat``."""
+        return grads @ self.projection.to(grads.dtype)
+
+
+class SparseProjectionCompressor(FlatProjectionCompressor):
+    """Sparse JL projection: each coordinate adds ``±1/√s`` to ``s`` random output buckets."""
+
+    def __init__(self, spec: LayerSpec, keep_ratio: float, generator: torch.Generator) -> None:
+        super().__init__(spec, keep_ratio)
+        shape = (SJLT_NONZEROS, spec.full_dim)
+        self.buckets = torch.randint(0, self.k, shape, generator=generator)
+        signs = torch.randint(0, 2, shape, generator=generator) * 2 - 1
+        self.signs = signs.float() / math.sqrt(SJLT_NONZEROS)
+
+    def compress_flat(self, grads: torch.Tensor) -> torch.Tensor:
+        """See ``LayerCompressor.compress_flat``."""
+        sketch = grads.new_zeros(grads.shape[0], self.k)  # (B, k)
+        for bucket, sign in zip(self.buckets, self.signs, strict=True):
+            sketch.index_add_(1, bucket, grads * sign.to(grads.dtype))
+        return sketch
+
+
+def gaussian_matrix(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
+    """A (rows, cols) matrix of N(0, 1/cols) entries drawn from ``generator``."""
+    return torch.randn(rows, cols, generator=generator) / math.sqrt(cols)
+
+
+def layer_generator(seed: int, layer_position: int) -> torch.Generator:
+    """A CPU generator unique to (seed, layer): same seed, same masks and projections."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + layer_position)
+
+
+def random_subset(units: int, kept: int, generator: torch.Generator) -> torch.Tensor:
+    """``kept`` distinct unit indices in ascending order, drawn uniformly."""
+    return torch.randperm(units, generator=generator)[:kept].sort().values
+
+
+def top_energy_subset(energy: torch.Tensor, kept: int) -> torch.Tensor:
+    """The ``kept`` units with the largest energy, in ascending index order."""
+    return torch.topk(energy.double(), kept).indices.sort().values
+
+
+def mask_indices(
+    spec: LayerSpec,
+    keep_ratio: float,
+    generator: torch.Generator,
+    energy: UnitEnergy | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Input and output unit subsets of a ``dropout`` layer (uniform, or top energy if given)."""
+    kept_in = kept_units(spec.in_units, keep_ratio)
+    kept_out = kept_units(spec.out_units, keep_ratio) if spec.is_factored else 0
+    if energy is None:
+        input_index = random_subset(spec.in_units, kept_in, generator)
+        output_index = random_subset(spec.out_units, kept_out, generator) if kept_out else None
+    else:
+        input_index = top_energy_subset(energy.inputs, kept_in)
+        output_index = top_energy_subset(energy.outputs, kept_out) if kept_out else None
+    return input_index, output_index
+
+
+def build_compressor(
+    spec: LayerSpec,
+    config: CompressionConfig,
+    layer_position: int,
+    energy: UnitEnergy | None = None,
+) -> LayerCompressor:
+    """The compressor of one layer for a config.
+
+    Args:
+        spec: The layer's shape.
+        config: Method, keep ratio, seed and mask strategy.
+        layer_position: Index of the layer in capture order (seeds its generator).
+        energy: Unit energies from a calibration pass; required for ``mask="energy"`` dropout.
+
+    Returns:
+        The layer's compressor (on the CPU).
+    """
+    keep_ratio = config.keep_ratio_for(spec.name)
+    generator = layer_generator(config.seed, layer_position)
+    if config.method == "identity":
+        return MaskCompressor(spec, 1.0, None, None)
+    if config.method == "dropout":
+        indices = mask_indices(spec, keep_ratio, generator, energy)
+        return MaskCompressor(spec, keep_ratio, *indices)
+    if config.method == "factorized_gaussian":
+        return FactorizedGaussianCompressor(spec, keep_ratio, generator)
+    if config.method == "gaussian":
+        return GaussianCompressor(spec, keep_ratio, generator)
+    return SparseProjectionCompressor(spec, keep_ratio, generator)
+
+
+def restore_mask_compressor(
+    spec: LayerSpec, keep_ratio: float, state: dict[str, torch.Tensor]
+) -> MaskCompressor:
+    """Rebuild a ``dropout`` compressor from its saved masks."""
+    return MaskCompressor(spec, keep_ratio, state.get("input_index"), state.get("output_index"))

@@ -1,0 +1,509 @@
+"""The facade: ``InfluenceEngine.fit → pairwise_scores / self_influence / query``.
+
+``fit`` streams the training set once through the capture (compressed per-sample gradients into
+memmapped shards of the run directory), then fits the damped Fisher from the shards and stores the
+self-influence of every training example. A killed ``fit`` resumes from its last complete shard.
+Scores are ``I(z', z) = g(z')ᵀ (F + λI)⁻¹ g(z)``: positive = proponent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from dropinf import __version__
+from dropinf.capture import CapturedBatch, GradientCapture, LossFn, discover_layers
+from dropinf.compress import (
+    LayerCompressor,
+    UnitEnergy,
+    build_compressor,
+    restore_mask_compressor,
+)
+from dropinf.config import CompressionConfig, CurvatureConfig
+from dropinf.curvature import Curvature, fit_curvature
+from dropinf.errors import IncompleteRunError, NonFiniteError, RunConfigMismatchError
+from dropinf.store import RunStore, now_iso
+
+SHARD_BYTES = 64 * 2**20
+FLOAT16_MAX = 65504.0
+PROGRESS_INTERVAL = 0.5
+SIGNATURE_FIELDS = (
+    "compression",
+    "curvature",
+    "dtype",
+    "store_dtype",
+    "model_fingerprint",
+    "n_train",
+    "layers",
+)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The requested device, or CUDA when present, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 over the model's parameter and buffer values (names and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``float32`` for ``torch.float32`` and so on."""
+    return str(dtype).removeprefix("torch.")
+
+
+def batch_to(batch: Sequence[torch.Tensor], device: torch.device, dtype: torch.dtype) -> list:
+    """Move a batch to ``device``, casting floating tensors to the model's ``dtype``."""
+    return [
+        item.to(device=device, dtype=dtype) if item.is_floating_point() else item.to(device)
+        for item in batch
+    ]
+
+
+def batch_metadata(captured: CapturedBatch, batch: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
+    """Label, prediction and loss of each example of a batch (-1 where unknown)."""
+    size = captured.losses.shape[0]
+    unknown = torch.full((size,), -1)
+    labels = batch[1] if len(batch) > 1 and batch[1].ndim == 1 else unknown
+    predictions = unknown if captured.predictions is None else captured.predictions
+    return {
+        "label": labels.cpu().numpy(),
+        "prediction": predictions.cpu().numpy(),
+        "loss": captured.losses.double().cpu().numpy(),
+    }
+
+
+class InfluenceEngine:
+    """Influence functions on compressed per-sample gradients.
+
+    Args:
+        model: The trained model. It is moved to ``device`` and put in eval mode.
+        loss_fn: ``loss_fn(model, batch) -> (B,)`` per-sample losses.
+        compression: How gradients are compressed (default: dropout, keep ratio 0.25).
+        curvature: Curvature kind and damping (default: auto, λ = 0.1 · mean diag F).
+        run_dir: Where the run lives; None keeps it in a temporary directory.
+        device: ``cpu``, ``cuda``... None picks CUDA when present.
+        dtype: Precision of captured gradients, curvature solves and scores.
+        store_dtype: Precision of the stored gradients: float16 by default, ``dtype`` when
+            ``dtype`` is float64.
+        overwrite: Replace a run directory whose saved configuration differs.
+        provenance: Free-form facts saved in the manifest (checkpoint hash, data spec...).
+        show_progress: Show a tqdm bar with examples/s while fitting.
+        shard_rows: Rows per gradient shard; None sizes shards to about 64 MiB.
+
+    Raises:
+        NoCapturableLayerError: The model has no Linear or Conv2d layer.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        compression: CompressionConfig | None = None,
+        curvature: CurvatureConfig | None = None,
+        run_dir: str | Path | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        store_dtype: torch.dtype | None = None,
+        overwrite: bool = False,
+        provenance: dict[str, Any] | None = None,
+        show_progress: bool = False,
+        shard_rows: int | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.loss_fn = loss_fn
+        self.compression = compression or CompressionConfig()
+        self.curvature_config = curvature or CurvatureConfig()
+        self.dtype = dtype
+        self.store_dtype = store_dtype or (dtype if dtype == torch.float64 else torch.float16)
+        self.overwrite = overwrite
+        self.provenance = provenance or {}
+        self.show_progress = show_progress
+        self.shard_rows = shard_rows
+        self.layout = discover_layers(self.model)
+        self._temporary = None if run_dir else tempfile.TemporaryDirectory(prefix="dropinf-")
+        self.store = RunStore(run_dir or self._temporary.name)
+        self.capture: GradientCapture | None = None
+        self.curvature: Curvature | None = None
+        self._progress_phase, self._progress_time = "", 0.0
+
+    @property
+    def model_dtype(self) -> torch.dtype:
+        """The dtype of the model's first parameter (inputs are cast to it)."""
+        return next(self.model.parameters()).dtype
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, train_dataset: Dataset, batch_size: int = 256) -> InfluenceEngine:
+        """Compress every training gradient, fit the curvature and the self-influence.
+
+        Resumes an interrupted run in the same directory; a complete run is only loaded.
+
+        Args:
+            train_dataset: Yields ``(inputs, label)`` pairs, in a fixed order.
+            batch_size: Examples per capture batch.
+
+        Returns:
+            self.
+
+        Raises:
+            RunConfigMismatchError: The run directory holds a run with another configuration
+                and ``overwrite`` is False.
+            NonFiniteError: A loss or gradient is NaN/inf, or overflows the store dtype.
+        """
+        manifest = self._open_run(len(train_dataset))
+        if manifest["status"] == "complete":
+            return self._load_state()
+        self.store.update_manifest(status="running", error=None)
+        try:
+            self._prepare_capture(train_dataset, batch_size)
+            self._gradient_phase(train_dataset, batch_size)
+            self._curvature_phase()
+            self._self_influence_phase()
+        except KeyboardInterrupt:
+            self.store.update_manifest(status="cancelled")
+            raise
+        except Exception as error:
+            self.store.update_manifest(status="failed", error=str(error))
+            raise
+        self.store.update_manifest(status="complete")
+        self._write_progress("done", len(train_dataset), len(train_dataset), None)
+        return self
+
+    def _new_manifest(self, n_train: int) -> dict[str, Any]:
+        specs = self.layout.specs
+        return {
+            "format": 1,
+            "status": "running",
+            "compression": self.compression.to_dict(),
+            "curvature": self.curvature_config.to_dict(),
+            "dtype": dtype_name(self.dtype),
+            "store_dtype": dtype_name(self.store_dtype),
+            "model_fingerprint": model_fingerprint(self.model),
+            "n_train": n_train,
+            "rows_done": 0,
+            "layers": [{**spec.to_dict(), "k": None} for spec in specs],
+            "k": None,
+            "shard_rows": None,
+            "curvature_kind": None,
+            "damping": None,
+            "provenance": self.provenance,
+            "versions": {
+                "dropinf": __version__,
+                "torch": torch.__version__,
+                "python": sys.version.split()[0],
+            },
+            "created": now_iso(),
+            "error": None,
+        }
+
+    def _open_run(self, n_train: int) -> dict[str, Any]:
+        """Create the run, or check that the existing one has the same configuration."""
+        fresh = self._new_manifest(n_train)
+        if self.store.exists():
+            saved = self.store.read_manifest()
+            differing = [f for f in SIGNATURE_FIELDS if f != "layers" and saved[f] != fresh[f]]
+            if not differing:
+                return saved
+            if not self.overwrite:
+                raise RunConfigMismatchError(
+                    f"run directory {self.store.run_dir} holds a run with a different "
+                    f"{', '.join(differing)}; expected {[fresh[f] for f in differing]}, found "
+                    f"{[saved[f] for f in differing]}. Use another directory or overwrite=True."
+                )
+        self.store.clear()
+        self.store.write_manifest(fresh)
+        return fresh
+
+    def _prepare_capture(self, train_dataset: Dataset, batch_size: int) -> None:
+        """Build the compressors: from the saved masks on resume, else from seed / calibration."""
+        if self.store.artifact_path("compressor.safetensors").is_file():
+            self.capture = self._restored_capture()
+            return
+        energies = None
+        if self.compression.method == "dropout" and self.compression.mask == "energy":
+            energies = self._calibrate(train_dataset, batch_size)
+        compressors = [
+            build_compressor(
+                spec, self.compression, position, None if energies is None else energies[position]
+            )
+            for position, spec in enumerate(self.layout.specs)
+        ]
+        self.capture = self._make_capture(compressors)
+        self._save_compressors(compressors)
+
+    def _calibrate(self, train_dataset: Dataset, batch_size: int) -> list[UnitEnergy]:
+        """Unit energies over the first ``calibration_batches`` training batches."""
+        identity = CompressionConfig(method="identity")
+        compressors = [build_compressor(s, identity, i) for i, s in enumerate(self.layout.specs)]
+        capture = self._make_capture(compressors)
+        loader = DataLoader(train_dataset, batch_size=batch_size, shuffle=False)
+        totals: list[UnitEnergy] | None = None
+        for step, batch in enumerate(loader):
+            if step >= self.compression.calibration_batches:
+                break
+            self._write_progress("calibrate", step, self.compression.calibration_batches, None)
+            energies = capture.unit_energy(self.loss_fn, self._batch(batch))
+            totals = (
+                energies
+                if totals is None
+                else [
+                    UnitEnergy(t.inputs + e.inputs, t.outputs + e.outputs)
+                    for t, e in zip(totals, energies, strict=True)
+                ]
+            )
+        return totals
+
+    def _make_capture(self, compressors: list[LayerCompressor]) -> GradientCapture:
+        moved = [compressor.to(self.device) for compressor in compressors]
+        return GradientCapture(self.model, self.layout, moved)
+
+    def _save_compressors(self, compressors: list[LayerCompressor]) -> None:
+        tensors = {
+            f"{position}.{name}": value
+            for position, compressor in enumerate(compressors)
+            for name, value in compressor.state().items()
+        }
+        tensors["k"] = torch.tensor([c.k for c in compressors])
+        self.store.save_tensors("compressor.safetensors", tensors)
+        layers = [
+            {**s.to_dict(), "k": c.k} for s, c in zip(self.layout.specs, compressors, strict=True)
+        ]
+        k = sum(c.k for c in compressors)
+        itemsize = torch.empty(0, dtype=self.store_dtype).element_size()
+        shard_rows = self.shard_rows or max(1, SHARD_BYTES // (k * itemsize))
+        self.store.update_manifest(layers=layers, k=k, shard_rows=shard_rows)
+
+    def _restored_capture(self) -> GradientCapture:
+        saved = self.store.load_tensors("compressor.safetensors")
+        compressors = []
+        for position, spec in enumerate(self.layout.specs):
+            if self.compression.method == "dropout":
+                prefix = f"{position}."
+                state = {n[len(prefix) :]: v for n, v in saved.items() if n.startswith(prefix)}
+                keep = self.compression.keep_ratio_for(spec.name)
+                compressors.append(restore_mask_compressor(spec, keep, state))
+            else:
+                compressors.append(build_compressor(spec, self.compression, position))
+        return self._make_capture(compressors)
+
+    # -------------------------------------------------------------- phases
+    def _gradient_phase(self, train_dataset: Dataset, batch_size: int) -> None:
+        """Capture and store compressed gradients from the first row not yet stored."""
+        manifest = self.store.read_manifest()
+        n_train, shard_rows = manifest["n_train"], manifest["shard_rows"]
+        rows_done = sum(np.load(p, mmap_mode="r").shape[0] for p in self.store.complete_shards())
+        remaining = Subset(train_dataset, range(rows_done, n_train))
+        loader = DataLoader(remaining, batch_size=batch_size, shuffle=False)
+        bar = tqdm(
+            total=n_train,
+            initial=rows_done,
+            unit="ex",
+            disable=not self.show_progress,
+            desc="gradients",
+            dynamic_ncols=True,
+        )
+        writer = None
+        started, first_row = time.perf_counter(), rows_done
+        for batch in loader:
+            captured = self.capture.capture(self.loss_fn, self._batch(batch))
+            gradients, meta = self._to_store(captured), batch_metadata(captured, batch)
+            offset = 0
+            while offset < gradients.shape[0]:
+                if writer is None:
+                    shard = rows_done // shard_rows
+                    rows = min(shard_rows, n_train - shard * shard_rows)
+                    writer = self.store.shard_writer(
+                        shard, rows, gradients.shape[1], gradients.dtype
+                    )
+                take = min(writer.rows - writer.filled, gradients.shape[0] - offset)
+                writer.append(
+                    gradients[offset : offset + take],
+                    {name: values[offset : offset + take] for name, values in meta.items()},
+                )
+                offset += take
+                rows_done += take
+                if writer.full:
+                    writer.publish()
+                    writer = None
+                    self.store.update_manifest(rows_done=rows_done)
+            bar.update(gradients.shape[0])
+            rate = (rows_done - first_row) / max(time.perf_counter() - started, 1e-9)
+            self._write_progress("gradients", rows_done, n_train, rate)
+        bar.close()
+
+    def _to_store(self, captured: CapturedBatch) -> np.ndarray:
+        """Gradients of a captured batch in the store dtype.
+
+        Raises:
+            NonFiniteError: A value overflows float16.
+        """
+        gradients = captured.gradients.to(self.dtype)
+        largest = float(gradients.abs().max())
+        if self.store_dtype == torch.float16 and largest > FLOAT16_MAX:
+            raise NonFiniteError(
+                f"expected compressed gradients within float16 range (±{FLOAT16_MAX:g}); found "
+                f"{largest:.3g}. Use store_dtype=torch.float32."
+            )
+        return gradients.to(self.store_dtype).cpu().numpy()
+
+    def _curvature_phase(self) -> None:
+        self._write_progress("curvature", 0, 1, None)
+        dims = [layer["k"] for layer in self.store.read_manifest()["layers"]]
+        fitted = fit_curvature(
+            self.store.iter_gradient_shards(), dims, self.curvature_config, self.device
+        )
+        state = fitted.state(self.dtype)
+        self.store.save_tensors("curvature.safetensors", state)
+        self.curvature = Curvature.from_state(fitted.kind, fitted.damping, state).to(self.device)
+        self.store.update_manifest(curvature_kind=fitted.kind, damping=fitted.damping)
+
+    def _self_influence_phase(self) -> None:
+        n_train = self.store.read_manifest()["n_train"]
+        values = []
+        for start, gradients in self._train_chunks():
+            self._write_progress("self_influence", start, n_train, None)
+            values.append(self.curvature.whiten(gradients).pow(2).sum(dim=1).cpu())
+        self.store.save_self_influence(torch.cat(values).to(torch.float32).numpy())
+
+    # ------------------------------------------------------------- scoring
+    def pairwise_scores(self, test_dataset: Dataset, batch_size: int = 256) -> torch.Tensor:
+        """Influence of every training example on every test example.
+
+        Returns:
+            (n_test, n_train) scores in the engine dtype; positive = proponent.
+        """
+        gradients, _ = self.test_gradients(test_dataset, batch_size)
+        return self._scores(gradients)
+
+    def query(self, test_batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Score new test examples against the stored training gradients, without refitting.
+
+        Args:
+            test_batch: ``(inputs, labels)`` of the new examples.
+
+        Returns:
+            (B, n_train) scores; positive = proponent.
+        """
+        self._require_fitted()
+        captured = self.capture.capture(self.loss_fn, self._batch(test_batch))
+        return self._scores(captured.gradients.to(self.dtype))
+
+    def test_gradients(
+        self, test_dataset: Dataset, batch_size: int = 256
+    ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+        """Compressed gradients (n_test, k) and label / prediction / loss of a test set."""
+        self._require_fitted()
+        gradients, metas = [], []
+        for batch in DataLoader(test_dataset, batch_size=batch_size, shuffle=False):
+            captured = self.capture.capture(self.loss_fn, self._batch(batch))
+            gradients.append(captured.gradients.to(self.dtype))
+            metas.append(batch_metadata(captured, batch))
+        merged = {name: np.concatenate([m[name] for m in metas]) for name in metas[0]}
+        return torch.cat(gradients), merged
+
+    def self_influence(self) -> torch.Tensor:
+        """``g(z)ᵀ (F + λI)⁻¹ g(z)`` of every training example, (n_train,)."""
+        return torch.from_numpy(self.store.self_influence())
+
+    def whitened_gradients(self) -> np.ndarray:
+        """Training gradients whitened by the curvature, (n_train, k) float32 (for maps)."""
+        self._require_fitted()
+        chunks = [self.curvature.whiten(g).float().cpu() for _, g in self._train_chunks()]
+        return torch.cat(chunks).numpy()
+
+    def _scores(self, test_gradients: torch.Tensor) -> torch.Tensor:
+        """(m, n_train) scores of preconditioned test gradients against every stored shard."""
+        preconditioned = self.curvature.precondition(test_gradients.to(self.device))  # (m, k)
+        blocks = [preconditioned @ train.T for _, train in self._train_chunks()]
+        return torch.cat(blocks, dim=1).cpu()
+
+    def _train_chunks(self, rows: int = 4096):
+        """(start row, stored gradients as a device tensor) over the training set."""
+        start = 0
+        for shard in self.store.iter_gradient_shards():
+            for offset in range(0, shard.shape[0], rows):
+                chunk = torch.from_numpy(np.array(shard[offset : offset + rows]))
+                yield start, chunk.to(device=self.device, dtype=self.dtype)
+                start += chunk.shape[0]
+
+    # ------------------------------------------------------------- reopen
+    @classmethod
+    def load(
+        cls,
+        run_dir: str | Path,
+        model: nn.Module,
+        loss_fn: LossFn,
+        device: str | torch.device | None = None,
+    ) -> InfluenceEngine:
+        """Reopen a complete run to query it (no gradient is recomputed).
+
+        Raises:
+            RunNotFoundError: No run in ``run_dir``.
+            IncompleteRunError: The run has not finished.
+            RunConfigMismatchError: ``model`` is not the model the run was computed on.
+        """
+        manifest = RunStore(run_dir).read_manifest()
+        engine = cls(
+            model,
+            loss_fn,
+            CompressionConfig.from_dict(manifest["compression"]),
+            CurvatureConfig.from_dict(manifest["curvature"]),
+            run_dir=run_dir,
+            device=device,
+            dtype=getattr(torch, manifest["dtype"]),
+            store_dtype=getattr(torch, manifest["store_dtype"]),
+            provenance=manifest["provenance"],
+        )
+        if manifest["status"] != "complete":
+            raise IncompleteRunError(f"run {run_dir} is {manifest['status']}, not complete")
+        if model_fingerprint(engine.model) != manifest["model_fingerprint"]:
+            raise RunConfigMismatchError(
+                f"the model's weights differ from the model run {run_dir} was computed on "
+                f"(expected fingerprint {manifest['model_fingerprint'][:12]}…)"
+            )
+        return engine._load_state()
+
+    def _load_state(self) -> InfluenceEngine:
+        manifest = self.store.read_manifest()
+        self.capture = self._restored_capture()
+        tensors = self.store.load_tensors("curvature.safetensors")
+        curvature = Curvature.from_state(manifest["curvature_kind"], manifest["damping"], tensors)
+        self.curvature = curvature.to(self.device)
+        return self
+
+    def _require_fitted(self) -> None:
+        if self.capture is None or self.curvature is None:
+            raise IncompleteRunError("call fit() (or InfluenceEngine.load) before scoring")
+
+    def _batch(self, batch: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return batch_to(batch, self.device, self.model_dtype)
+
+    def _write_progress(self, phase: str, done: int, total: int, rate: float | None) -> None:
+        """Write progress.json, at most every PROGRESS_INTERVAL seconds within a phase."""
+        now = time.monotonic()
+        if phase == self._progress_phase and now - self._progress_time < PROGRESS_INTERVAL:
+            return
+        self._progress_phase, self._progress_time = phase, now
+        eta = (total - done) / rate if rate else None
+        self.store.write_progress(
+            {"phase": phase, "done": done, "total": total, "examples_per_s": rate, "eta_s": eta}
+        )
