@@ -1,0 +1,407 @@
+"""Label review: which training examples to inspect first, and what the reviewer decided.
+
+Suspicion ranks the training examples most likely to carry a wrong label. Decisions (``keep``,
+``relabel`` to a new label, ``remove``) live in ``RUN_DIR/decisions.json``::
+
+    {"format": 1, "decisions": {"<train index>": {"action": "relabel", "label": 3,
+                                                  "updated": "2024-05-01T12:00:00+00:00"}}}
+
+Writes go through a uniquely named temporary file and a rename, so a crash never leaves a
+half-written file, and ``update_decisions`` holds an ``flock`` around read-modify-write so two
+browser sessions reviewing the same run do not lose each other's decisions. The decisions turn
+into ``(removals, relabels)`` for retraining, and export as CSV or as JSON in the same format
+(which ``load_decisions`` and ``python -m dropinf retrain --decisions`` read back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dropinf.errors import ConfigError, RunError
+
+FORMAT_VERSION = 1
+DECISIONS_FILE = "decisions.json"
+ACTIONS = ("keep", "relabel", "remove")
+UNDECIDED = "undecided"
+SUSPICION_SCORES = ("self_influence", "disagreement_then_self_influence")
+DEFAULT_SUSPICION = "disagreement_then_self_influence"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One reviewer decision about a training example.
+
+    Attributes:
+        action: ``keep``, ``relabel`` or ``remove``.
+        label: The new label for ``relabel``; None otherwise.
+        updated: ISO 8601 time of the decision.
+    """
+
+    action: str
+    label: int | None = None
+    updated: str = ""
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ConfigError(f"decision must be one of {', '.join(ACTIONS)}; got {self.action!r}")
+        if self.action == "relabel" and not _is_label(self.label):
+            raise ConfigError(f"relabel needs a non-negative integer label, got {self.label!r}")
+        if self.action != "relabel" and self.label is not None:
+            raise ConfigError(f"only relabel takes a label; {self.action} got {self.label!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored in ``decisions.json``."""
+        return {"action": self.action, "label": self.label, "updated": self.updated}
+
+
+def decide(action: str, label: int | None = None) -> Decision:
+    """A decision stamped with the current time (``label`` only for ``relabel``)."""
+    label = int(label) if label is not None else None
+    return Decision(action, label, datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+# --------------------------------------------------------------------------------------------
+# Persistence
+# --------------------------------------------------------------------------------------------
+
+
+def decisions_path(run_dir: str | Path) -> Path:
+    """Where a run's decisions are stored: ``RUN_DIR/decisions.json``."""
+    return Path(run_dir) / DECISIONS_FILE
+
+
+def load_decisions(path: str | Path) -> dict[int, Decision]:
+    """Read decisions from a ``decisions.json`` file (or a run directory holding one).
+
+    Args:
+        path: The file, or a run directory.
+
+    Returns:
+        Training index -> decision; empty when the file does not exist yet.
+
+    Raises:
+        RunError: The file is not a decisions file of a known format.
+        ConfigError: A decision in it is invalid.
+    """
+    path = _resolve(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    return parse_decisions(text, source=str(path))
+
+
+def parse_decisions(text: str | bytes, source: str = "decisions") -> dict[int, Decision]:
+    """Decisions from the JSON text of a ``decisions.json`` file or an ``export_json`` export.
+
+    Raises:
+        RunError: The text is not a decisions document of a known format.
+        ConfigError: A decision in it is invalid.
+    """
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        raise RunError(f"{source} is not valid JSON: {error}") from error
+    if not isinstance(document, dict) or document.get("format") != FORMAT_VERSION:
+        found = document.get("format") if isinstance(document, dict) else type(document).__name__
+        raise RunError(f"{source}: expected a decisions document of format 1, found {found!r}")
+    entries = document.get("decisions")
+    if not isinstance(entries, dict):
+        raise RunError(f"{source}: expected a 'decisions' object, found {type(entries).__name__}")
+    return {_index(key, source): _decision(value, source) for key, value in entries.items()}
+
+
+def save_decisions(path: str | Path, decisions: Mapping[int, Decision]) -> None:
+    """Write decisions atomically: a unique temporary file, fsync, then rename into place.
+
+    Args:
+        path: The file, or a run directory.
+        decisions: Training index -> decision.
+    """
+    path = _resolve(path)
+    payload = export_json(decisions)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def update_decisions(
+    path: str | Path, changes: Mapping[int, Decision | None]
+) -> dict[int, Decision]:
+    """Apply changes to the stored decisions under a file lock, and save them.
+
+    Args:
+        path: The file, or a run directory.
+        changes: Training index -> new decision, or None to clear the index's decision.
+
+    Returns:
+        All decisions after the change.
+    """
+    path = _resolve(path)
+    with _locked(path):
+        decisions = load_decisions(path)
+        for index, decision in changes.items():
+            if decision is None:
+                decisions.pop(int(index), None)
+            else:
+                decisions[int(index)] = decision
+        save_decisions(path, decisions)
+    return decisions
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path.with_name(f"{path.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _resolve(path: str | Path) -> Path:
+    path = Path(path)
+    return decisions_path(path) if path.is_dir() else path
+
+
+def _index(key: str, source: str) -> int:
+    try:
+        index = int(key)
+    except ValueError:
+        index = -1
+    if index < 0:
+        raise RunError(f"{source}: expected non-negative training indices as keys, found {key!r}")
+    return index
+
+
+def _decision(value: Any, source: str) -> Decision:
+    if not isinstance(value, dict) or "action" not in value:
+        raise RunError(f"{source}: expected {{'action': ..., 'label': ...}}, found {value!r}")
+    return Decision(value["action"], value.get("label"), str(value.get("updated") or ""))
+
+
+def _is_label(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 0
+
+
+# --------------------------------------------------------------------------------------------
+# Decisions -> fixes and export
+# --------------------------------------------------------------------------------------------
+
+
+def fixes_from_decisions(
+    decisions: Mapping[int, Decision], given_labels: np.ndarray | None = None
+) -> tuple[list[int], dict[int, int]]:
+    """The training-set fixes the decisions ask for.
+
+    Args:
+        decisions: Training index -> decision.
+        given_labels: (n_train,) labels as given; when passed, relabels to the same label are
+            dropped (they change nothing).
+
+    Returns:
+        (removals, relabels): sorted indices to drop, and index -> new label (sorted by index).
+        ``keep`` decisions change nothing.
+    """
+    removals = sorted(i for i, d in decisions.items() if d.action == "remove")
+    relabels = {
+        i: int(d.label)
+        for i, d in sorted(decisions.items())
+        if d.action == "relabel" and (given_labels is None or int(given_labels[i]) != d.label)
+    }
+    return removals, relabels
+
+
+def review_status(n_train: int, decisions: Mapping[int, Decision]) -> np.ndarray:
+    """(n_train,) strings: each example's action, or ``undecided`` (for colouring the map)."""
+    status = np.full(n_train, UNDECIDED, dtype=object)
+    for index, decision in decisions.items():
+        if 0 <= index < n_train:
+            status[index] = decision.action
+    return status
+
+
+def export_json(decisions: Mapping[int, Decision]) -> bytes:
+    """The decisions as ``decisions.json`` bytes (readable by ``parse_decisions``)."""
+    entries = {str(i): decisions[i].to_dict() for i in sorted(decisions)}
+    document = {"format": FORMAT_VERSION, "decisions": entries}
+    return json.dumps(document, indent=1).encode()
+
+
+def export_csv(
+    decisions: Mapping[int, Decision],
+    labels: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+    predictions: np.ndarray | None = None,
+    self_influence: np.ndarray | None = None,
+) -> bytes:
+    """The decisions as CSV bytes, one row per decided training example, by index.
+
+    Args:
+        decisions: Training index -> decision.
+        labels: (n_train,) given labels; adds ``given_label`` (and ``given_class``).
+        class_names: Names of the classes; adds the ``*_class`` columns.
+        predictions: (n_train,) predicted labels; adds ``predicted_label``.
+        self_influence: (n_train,) self-influence; adds ``self_influence``.
+
+    Returns:
+        UTF-8 CSV with a header: ``train_index, action, new_label, [new_class,] ...``.
+    """
+    rows = [_export_row(i, decisions[i], labels, class_names, predictions, self_influence)
+            for i in sorted(decisions)]  # fmt: skip
+    columns = _export_columns(labels, class_names, predictions, self_influence)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def _export_columns(
+    labels: np.ndarray | None,
+    class_names: Sequence[str] | None,
+    predictions: np.ndarray | None,
+    self_influence: np.ndarray | None,
+) -> list[str]:
+    named = class_names is not None
+    columns = ["train_index", "action", "new_label"] + (["new_class"] if named else [])
+    if labels is not None:
+        columns += ["given_label"] + (["given_class"] if named else [])
+    if predictions is not None:
+        columns += ["predicted_label"] + (["predicted_class"] if named else [])
+    if self_influence is not None:
+        columns.append("self_influence")
+    return [*columns, "updated"]
+
+
+def _export_row(
+    index: int,
+    decision: Decision,
+    labels: np.ndarray | None,
+    class_names: Sequence[str] | None,
+    predictions: np.ndarray | None,
+    self_influence: np.ndarray | None,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"train_index": index, "action": decision.action,
+                           "new_label": "" if decision.label is None else decision.label,
+                           "updated": decision.updated}  # fmt: skip
+    labelled = {"new": decision.label}
+    if labels is not None:
+        labelled["given"] = row["given_label"] = int(labels[index])
+    if predictions is not None:
+        labelled["predicted"] = row["predicted_label"] = int(predictions[index])
+    if class_names is not None:
+        for prefix, label in labelled.items():
+            row[f"{prefix}_class"] = "" if label is None else class_names[label]
+    if self_influence is not None:
+        row["self_influence"] = float(self_influence[index])
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+# What to review first
+# --------------------------------------------------------------------------------------------
+
+
+def suspicion(
+    self_influence: np.ndarray,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    kind: str = DEFAULT_SUSPICION,
+) -> np.ndarray:
+    """How likely each training label is wrong; higher = inspect first.
+
+    Args:
+        self_influence: (n_train,) self-influence ``g(z)ᵀ (F + λI)⁻¹ g(z)``.
+        labels: (n_train,) given labels.
+        predictions: (n_train,) the model's predictions on its own training examples.
+        kind: ``self_influence`` (the classic signal), or ``disagreement_then_self_influence``:
+            examples whose prediction disagrees with their given label first, each group ordered
+            by self-influence (see docs/dashboard.md for the measured detection quality).
+
+    Returns:
+        (n_train,) float64 scores.
+
+    Raises:
+        ConfigError: Unknown ``kind``.
+    """
+    if kind not in SUSPICION_SCORES:
+        raise ConfigError(f"suspicion must be one of {', '.join(SUSPICION_SCORES)}; got {kind!r}")
+    self_influence = np.asarray(self_influence, dtype=np.float64).ravel()
+    if kind == "self_influence":
+        return self_influence
+    disagrees = np.asarray(labels).ravel() != np.asarray(predictions).ravel()
+    return disagrees + _unit_ranks(self_influence)  # disagreement dominates, ties by rank
+
+
+def _unit_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks scaled into [0, 1) (order-preserving, so adding a 0/1 flag dominates them)."""
+    ranks = np.empty(values.size, dtype=np.float64)
+    ranks[np.argsort(values, kind="stable")] = np.arange(values.size)
+    return ranks / max(values.size, 1)
+
+
+def review_queue(
+    self_influence: np.ndarray,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    decisions: Mapping[int, Decision],
+    kind: str = DEFAULT_SUSPICION,
+    class_names: Sequence[str] | None = None,
+    include_decided: bool = True,
+) -> pd.DataFrame:
+    """Training examples ranked by suspicion, with their review status.
+
+    Args:
+        self_influence: (n_train,) self-influence.
+        labels: (n_train,) given labels.
+        predictions: (n_train,) predicted labels.
+        decisions: Training index -> decision so far.
+        kind: The suspicion score (see ``suspicion``).
+        class_names: Names of the classes; adds ``given_class`` / ``predicted_class``.
+        include_decided: Keep examples that already have a decision.
+
+    Returns:
+        Columns ``rank``, ``train_index``, ``suspicion``, ``self_influence``, ``given_label``,
+        ``predicted_label``, ``disagrees``, ``status``, ``new_label`` (and class names),
+        most suspicious first; ``rank`` counts over all examples.
+    """
+    scores = suspicion(self_influence, labels, predictions, kind)
+    order = np.argsort(-scores, kind="stable")
+    labels, predictions = np.asarray(labels)[order], np.asarray(predictions)[order]
+    table = pd.DataFrame({
+        "rank": np.arange(1, order.size + 1), "train_index": order, "suspicion": scores[order],
+        "self_influence": np.asarray(self_influence, dtype=np.float64)[order],
+        "given_label": labels, "predicted_label": predictions, "disagrees": labels != predictions,
+        "status": review_status(len(scores), decisions)[order],
+        "new_label": [_new_label(decisions.get(int(i))) for i in order],
+    })  # fmt: skip
+    if class_names is not None:
+        table["given_class"] = [class_names[label] for label in labels]
+        table["predicted_class"] = [class_names[label] for label in predictions]
+    return table if include_decided else table[table["status"] == UNDECIDED]
+
+
+def _new_label(decision: Decision | None) -> int | None:
+    return decision.label if decision is not None else None
