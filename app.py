@@ -24,8 +24,8 @@ PAGES = [
 def main() -> None:
     """Set up the page, sync the URL, draw the sidebar and run the chosen page."""
     setup_page()
-    page = st.navigation(PAGES)
     sync_run_with_url()
+    page = st.navigation(PAGES)
     render_sidebar()
     page.run()
 
