@@ -15,8 +15,10 @@ import inspect
 import json
 import os
 import pickle
+import pickletools
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -426,6 +428,11 @@ def _torch_load_weights_only(path: Path) -> Any:
             warnings.simplefilter("ignore", UserWarning)  # torch's note on pickle protocols
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if not _is_refused_pickle(path, error):
+            raise CheckpointError(
+                f"{path.name}: not a readable PyTorch checkpoint ({_first_sentence(error)}); "
+                "the file may be truncated or corrupt"
+            ) from None
         raise UnsafeCheckpointError(
             f"{path.name}: refused without running it; it holds pickled objects that are not "
             f"plain tensors ({_unpickler_reason(error)}). Save a plain state_dict or .safetensors"
@@ -435,6 +442,18 @@ def _torch_load_weights_only(path: Path) -> Any:
             f"{path.name}: not a readable PyTorch checkpoint ({type(error).__name__}: "
             f"{_first_sentence(error)}); the file may be truncated or corrupt"
         ) from None
+
+
+def _is_refused_pickle(path: Path, error: Exception) -> bool:
+    """Whether torch refused a well-formed pickle (unsafe) rather than failing on garbage."""
+    if "GLOBAL" in str(error) or zipfile.is_zipfile(path):
+        return True
+    try:
+        for _ in pickletools.genops(path.read_bytes()):
+            pass
+    except Exception:
+        return False  # not even a pickle: corrupt, not malicious
+    return True
 
 
 def _first_sentence(error: Exception) -> str:
