@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dropinf import data, models, paths, runs, views
+from dropinf import data, models, paths, review, runs, views
 from dropinf.errors import DropinfError
 from dropinf.store import RunStore
 
@@ -540,14 +540,97 @@ def test_caption(
 # ---------------------------------------------------------------------------------------------
 
 
-def decisions_path(run_dir: Path) -> Path:
-    """Where a run's label-review decisions live."""
-    return Path(run_dir) / "decisions.json"
-
-
-def load_decisions(run_dir: Path) -> dict[int, Any]:
+def load_decisions(run_dir: Path) -> dict[int, review.Decision]:
     """The run's decisions by training index (empty when none were made)."""
-    from dropinf import review
+    return review.load_decisions(review.decisions_path(run_dir))
 
-    path = decisions_path(run_dir)
-    return review.load_decisions(path) if path.exists() else {}
+
+def decide(run_dir: Path, indices: Sequence[int], action: str, label: int | None = None) -> None:
+    """Record one decision for each of ``indices`` (a button callback).
+
+    Args:
+        run_dir: The run whose ``decisions.json`` is updated.
+        indices: Training indices.
+        action: ``keep``, ``relabel`` or ``remove``.
+        label: The new label for ``relabel``.
+    """
+    decision = review.decide(action, label)
+    review.update_decisions(review.decisions_path(run_dir), {int(i): decision for i in indices})
+    st.session_state["last_decision"] = (list(indices), action, label)
+
+
+def undo_last_decision(run_dir: Path) -> None:
+    """Clear the decisions made by the last button press (a button callback)."""
+    indices, _, _ = st.session_state.pop("last_decision", ([], None, None))
+    review.update_decisions(review.decisions_path(run_dir), {int(i): None for i in indices})
+
+
+def review_queue(store: RunStore, bundle: data.DatasetBundle) -> pd.DataFrame:
+    """Training examples ranked by the mislabel score, with their review status."""
+    meta = store.train_metadata()
+    return review.review_queue(store.self_influence(), meta["label"], meta["prediction"],
+                               load_decisions(store.run_dir), class_names=bundle.class_names)
+
+
+def mislabel_scores(store: RunStore) -> dict[str, np.ndarray]:
+    """The suspicion scores the detection panel compares, by display name."""
+    meta = store.train_metadata()
+    self_influence = store.self_influence()
+    return {
+        "mislabel score (queue order)": review.suspicion(
+            self_influence, meta["label"], meta["prediction"]),
+        "self-influence": np.asarray(self_influence),
+    }
+
+
+@st.cache_resource(show_spinner="Opening the run's influence engine…", max_entries=4)
+def influence_engine(run_dir: str, context: Context) -> Any:
+    """The complete run reopened for queries (nothing is recomputed)."""
+    from dropinf.engine import InfluenceEngine
+    from dropinf.losses import cross_entropy_per_sample
+
+    loaded, _ = load_context(context)
+    return InfluenceEngine.load(run_dir, loaded.model, cross_entropy_per_sample, device="cpu")
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def training_example_scores(run_dir: str, context: Context, index: int) -> np.ndarray:
+    """(n_train,) influence of every training example on one training example (a query)."""
+    _, bundle = load_context(context)
+    inputs, label = bundle.train[index]
+    batch = (inputs.unsqueeze(0), label.reshape(1))
+    return influence_engine(run_dir, context).query(batch)[0].numpy()
+
+
+def proponents_table(store: RunStore, context: Context, index: int, k: int) -> pd.DataFrame:
+    """The k strongest proponents of a training example among the others."""
+    row = training_example_scores(str(store.run_dir), context, index).copy()
+    row[index] = -np.inf  # an example is trivially its own strongest proponent
+    meta = store.train_metadata()
+    return views.top_influences(row, k, labels=meta["label"], predictions=meta["prediction"])
+
+
+def retrain_report_path(run_dir: Path) -> Path:
+    """Where the retraining report of a run's decisions is written."""
+    return Path(run_dir) / "retrain_report.json"
+
+
+def read_retrain_report(run_dir: Path) -> dict[str, Any] | None:
+    """The last retraining report of a run, if any."""
+    path = retrain_report_path(run_dir)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def suggested_label(item: Any, proponents: pd.DataFrame) -> int:
+    """The label to propose for a queue item.
+
+    The model's prediction when it disagrees with the given label; otherwise the most common
+    given label among the item's strongest proponents (ties: the stronger proponent's label).
+
+    Args:
+        item: A ``review_queue`` row (``given_label``, ``predicted_label``).
+        proponents: Its ``proponents_table`` (``given_label`` column, strongest first).
+    """
+    if int(item["predicted_label"]) != int(item["given_label"]) or proponents.empty:
+        return int(item["predicted_label"])
+    return int(proponents["given_label"].mode().iloc[0])
