@@ -13,6 +13,10 @@ process is gone is stale and taken over. Around the check-and-start, an ``flock`
 exactly one process. The job's output goes to ``<name>.log``; a small shell wrapper writes its exit
 code to ``<name>.exit``; ``cancel`` leaves ``<name>.cancelled``. The engine reports progress in
 ``manifest.json`` and ``progress.json``.
+
+The job files live next to the run directory, in ``<parent>/.jobs/<run name>/`` (see
+``job_dir``), not inside it: the engine empties the run directory when it starts a fresh run,
+and a lock deleted under a live job would let a second job start.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any
 
 from dropinf import paths
 from dropinf.config import CompressionConfig, CurvatureConfig
-from dropinf.errors import JobError
+from dropinf.errors import ConfigError, JobError
 
 COMPUTE_JOB = "job"
 ACTIVE_STATES = ("queued", "running")
@@ -157,8 +161,13 @@ def compute_command(request: RunRequest, run_dir: str | Path) -> list[str]:
 
     Returns:
         An argv list starting with ``sys.executable -m dropinf compute``.
+
+    Raises:
+        ConfigError: The request sets an option the CLI cannot pass on (the job would compute
+            a different run than its key names).
     """
     compression, curvature = request.compression, request.curvature
+    _check_expressible(compression, curvature)
     command = [
         sys.executable,
         "-m",
@@ -190,6 +199,18 @@ def compute_command(request: RunRequest, run_dir: str | Path) -> list[str]:
     return command
 
 
+def _check_expressible(compression: CompressionConfig, curvature: CurvatureConfig) -> None:
+    defaults = {"layer_keep_ratios": {}, "calibration_batches": 4}
+    curvature_defaults = {"damping_ratio": 0.1, "max_full_dim": 8192}
+    for config, expected in ((compression, defaults), (curvature, curvature_defaults)):
+        for name, default in expected.items():
+            if getattr(config, name) != default:
+                raise ConfigError(
+                    f"`python -m dropinf compute` has no option for {name}; expected the default "
+                    f"{default!r}, found {getattr(config, name)!r}"
+                )
+
+
 def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
     """One row per run directory under ``root``, newest first.
 
@@ -201,14 +222,15 @@ def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
         ``created``, ``arch``, ``data_spec`` and ``path``.
     """
     root = Path(root) if root is not None else paths.runs_dir()
-    rows = [_run_row(run_dir) for run_dir in sorted(root.iterdir()) if run_dir.is_dir()]
+    run_dirs = [path for path in sorted(root.iterdir()) if path.is_dir() and path.name[0] != "."]
+    rows = [_run_row(run_dir) for run_dir in run_dirs]
     rows = [row for row in rows if row is not None]
     return sorted(rows, key=lambda row: row["created"] or "", reverse=True)
 
 
 def _run_row(run_dir: Path) -> dict[str, Any] | None:
     manifest = _read_json(run_dir / "manifest.json")
-    if manifest is None and not (run_dir / f"{COMPUTE_JOB}.lock").exists():
+    if manifest is None and not _job_file(run_dir, COMPUTE_JOB, "lock").exists():
         return None
     manifest = manifest or {}
     compression = manifest.get("compression") or {}
@@ -250,7 +272,7 @@ class JobRunner:
 
         Args:
             command: The argv of the child process.
-            run_dir: The run directory (created if missing); the job's files live there.
+            run_dir: The run directory (created if missing).
             name: The job's name; jobs of different names run independently.
             force: Start even if the last job of this name completed.
 
@@ -448,6 +470,7 @@ def _mark_manifest_cancelled(run_dir: Path) -> None:
 
 @contextlib.contextmanager
 def _mutex(run_dir: Path, name: str) -> Iterator[None]:
+    job_dir(run_dir).mkdir(parents=True, exist_ok=True)
     with open(_job_file(run_dir, name, "mutex"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -456,8 +479,19 @@ def _mutex(run_dir: Path, name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def job_dir(run_dir: str | Path) -> Path:
+    """The folder of a run's job files: ``<parent>/.jobs/<run name>`` (outside the run dir)."""
+    run_dir = Path(run_dir).absolute()
+    return run_dir.parent / ".jobs" / run_dir.name
+
+
+def job_log_path(run_dir: str | Path, name: str = COMPUTE_JOB) -> Path:
+    """The output (stdout and stderr) of a run's job."""
+    return _job_file(Path(run_dir), name, "log")
+
+
 def _job_file(run_dir: Path, name: str, suffix: str) -> Path:
-    return run_dir / f"{name}.{suffix}"
+    return job_dir(run_dir) / f"{name}.{suffix}"
 
 
 def _lock_alive(lock: dict[str, Any]) -> bool:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -11,12 +12,15 @@ from pathlib import Path
 import pytest
 
 from dropinf.config import CompressionConfig, CurvatureConfig
+from dropinf.errors import ConfigError
 from dropinf.runs import (
     JobRunner,
     RunRequest,
     SyncJobRunner,
     compute_command,
     file_sha256,
+    job_dir,
+    job_log_path,
     job_status,
     list_runs,
     run_dir_for,
@@ -87,6 +91,13 @@ def test_compute_command_spells_the_request():
     }  # fmt: skip
 
 
+def test_compute_command_refuses_options_the_cli_cannot_pass():
+    request = RunRequest(Path("m.pt"), "digits", CompressionConfig(calibration_batches=8),
+                         CurvatureConfig())  # fmt: skip
+    with pytest.raises(ConfigError, match="calibration_batches"):
+        compute_command(request, Path("/runs/x"))
+
+
 def test_file_sha256(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(b"abc")
@@ -107,7 +118,9 @@ def test_start_running_then_cancel(tmp_path, runner):
     job_runner.cancel(tmp_path)
     status = job_runner.status(tmp_path)
     assert status.state == "cancelled" and status.pid is None
-    assert not Path(f"/proc/{json.loads((tmp_path / 'job.lock').read_text())['pid']}").exists()
+    assert not Path(
+        f"/proc/{json.loads((job_dir(tmp_path) / 'job.lock').read_text())['pid']}"
+    ).exists()
 
 
 def write_stale_running_manifest(run_dir: Path) -> None:
@@ -132,6 +145,19 @@ def test_lock_prevents_a_second_job(tmp_path, runner):
     first = job_runner.start(SLEEP, tmp_path)
     second = JobRunner().start([sys.executable, "-c", "raise SystemExit(3)"], tmp_path)
     assert second.state == "running" and second.pid == first.pid
+
+
+def test_lock_survives_the_engine_emptying_the_run_dir(tmp_path, runner):
+    job_runner, started = runner
+    run_dir = tmp_path / "run"
+    started.append(run_dir)
+    first = job_runner.start(SLEEP, run_dir)
+    shutil.rmtree(run_dir)  # what the engine does when it starts a fresh run
+    run_dir.mkdir()
+    second = JobRunner().start(SLEEP, run_dir)
+    assert second.state == "running" and second.pid == first.pid
+    assert job_dir(run_dir) == tmp_path / ".jobs" / "run"
+    assert "time.sleep(30)" in job_log_path(run_dir).read_text()
 
 
 def test_two_runners_racing_start_exactly_one_process(tmp_path, runner):
@@ -163,14 +189,16 @@ def test_stale_lock_is_taken_over(tmp_path, runner):
     started.append(tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / "job.lock").write_text(json.dumps({"pid": dead.pid, "pid_start": None}))
+    job_dir(tmp_path).mkdir(parents=True)
+    (job_dir(tmp_path) / "job.lock").write_text(json.dumps({"pid": dead.pid, "pid_start": None}))
     assert job_runner.status(tmp_path).state == "failed"  # killed job: resumable
     status = job_runner.start(SLEEP, tmp_path)
     assert status.state == "running" and status.pid != dead.pid
 
 
 def test_reused_pid_with_other_start_time_is_stale(tmp_path):
-    (tmp_path / "job.lock").write_text(json.dumps({"pid": os.getpid(), "pid_start": -1}))
+    job_dir(tmp_path).mkdir(parents=True)
+    (job_dir(tmp_path) / "job.lock").write_text(json.dumps({"pid": os.getpid(), "pid_start": -1}))
     assert job_status(tmp_path).state == "failed"
 
 
@@ -180,7 +208,7 @@ def test_sync_runner_runs_to_completion(tmp_path):
     status = SyncJobRunner().start(command, tmp_path, name="map")
     assert status.state == "complete"
     assert out.read_text() == "done"
-    assert (tmp_path / "map.exit").read_text().strip() == "0"
+    assert (job_dir(tmp_path) / "map.exit").read_text().strip() == "0"
 
 
 def test_sync_runner_reports_failure_with_log_tail(tmp_path):
@@ -205,7 +233,7 @@ def test_compute_job_follows_the_manifest_and_progress(tmp_path):
 def test_complete_run_is_not_started_again(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"status": "complete"}))
     status = SyncJobRunner().start([sys.executable, "-c", "raise SystemExit(1)"], tmp_path)
-    assert status.state == "complete" and not (tmp_path / "job.log").exists()
+    assert status.state == "complete" and not job_log_path(tmp_path).exists()
 
 
 def test_failed_manifest_reports_its_error(tmp_path):
@@ -225,6 +253,7 @@ def test_list_runs(tmp_path):
         }  # fmt: skip
         (tmp_path / key / "manifest.json").write_text(json.dumps(manifest))
     (tmp_path / "not-a-run").mkdir()
+    (tmp_path / ".jobs" / "aaa").mkdir(parents=True)
     rows = list_runs(tmp_path)
     assert [row["key"] for row in rows] == ["bbb", "aaa"]
     assert rows[0] | {"path": None} == {
