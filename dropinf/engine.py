@@ -12,7 +12,7 @@ import hashlib
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,43 @@ def batch_metadata(captured: CapturedBatch, batch: Sequence[torch.Tensor]) -> di
     }
 
 
+def stored_gradient_chunks(
+    store: RunStore, device: torch.device, dtype: torch.dtype, rows: int = 4096
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, stored training gradients as a (rows, k) tensor) over a run, in order."""
+    start = 0
+    for shard in store.iter_gradient_shards():
+        for offset in range(0, shard.shape[0], rows):
+            chunk = torch.from_numpy(np.array(shard[offset : offset + rows]))
+            yield start, chunk.to(device=device, dtype=dtype)
+            start += chunk.shape[0]
+
+
+def load_curvature(store: RunStore, device: torch.device) -> Curvature:
+    """The fitted curvature of a run."""
+    manifest = store.read_manifest()
+    tensors = store.load_tensors("curvature.safetensors")
+    curvature = Curvature.from_state(manifest["curvature_kind"], manifest["damping"], tensors)
+    return curvature.to(device)
+
+
+def whitened_training_gradients(
+    run_dir: str | Path, device: str | torch.device | None = "cpu"
+) -> np.ndarray:
+    """A run's training gradients whitened by its curvature, (n_train, k) float32.
+
+    Whitened rows ``L⁻¹g`` have inner products ``gᵀ(F + λI)⁻¹g'``: the geometry influence uses.
+    Needs no model: everything comes from the run directory.
+    """
+    store, device = RunStore(run_dir), resolve_device(device)
+    curvature = load_curvature(store, device)
+    dtype = getattr(torch, store.read_manifest()["dtype"])
+    chunks = [
+        curvature.whiten(g).float().cpu() for _, g in stored_gradient_chunks(store, device, dtype)
+    ]
+    return torch.cat(chunks).numpy()
+
+
 class InfluenceEngine:
     """Influence functions on compressed per-sample gradients.
 
@@ -152,7 +189,9 @@ class InfluenceEngine:
         return next(self.model.parameters()).dtype
 
     # ------------------------------------------------------------------ fit
-    def fit(self, train_dataset: Dataset, batch_size: int = 256) -> InfluenceEngine:
+    def fit(
+        self, train_dataset: Dataset, batch_size: int = 256, test_dataset: Dataset | None = None
+    ) -> InfluenceEngine:
         """Compress every training gradient, fit the curvature and the self-influence.
 
         Resumes an interrupted run in the same directory; a complete run is only loaded.
@@ -160,6 +199,8 @@ class InfluenceEngine:
         Args:
             train_dataset: Yields ``(inputs, label)`` pairs, in a fixed order.
             batch_size: Examples per capture batch.
+            test_dataset: If given, its scores against every training example are stored in
+                the run (``RunStore.test_scores``) before the run is marked complete.
 
         Returns:
             self.
@@ -170,14 +211,12 @@ class InfluenceEngine:
             NonFiniteError: A loss or gradient is NaN/inf, or overflows the store dtype.
         """
         manifest = self._open_run(len(train_dataset))
-        if manifest["status"] == "complete":
+        needs_test_scores = test_dataset is not None and not self.store.test_scores_exist()
+        if manifest["status"] == "complete" and not needs_test_scores:
             return self._load_state()
         self.store.update_manifest(status="running", error=None)
         try:
-            self._prepare_capture(train_dataset, batch_size)
-            self._gradient_phase(train_dataset, batch_size)
-            self._curvature_phase()
-            self._self_influence_phase()
+            self._run_phases(train_dataset, batch_size, test_dataset if needs_test_scores else None)
         except KeyboardInterrupt:
             self.store.update_manifest(status="cancelled")
             raise
@@ -187,6 +226,23 @@ class InfluenceEngine:
         self.store.update_manifest(status="complete")
         self._write_progress("done", len(train_dataset), len(train_dataset), None)
         return self
+
+    def _run_phases(
+        self, train_dataset: Dataset, batch_size: int, test_dataset: Dataset | None
+    ) -> None:
+        """The phases a run still lacks, in order."""
+        if self.store.artifact_path("self_influence.npy").is_file():
+            self._load_state()
+        else:
+            self._prepare_capture(train_dataset, batch_size)
+            self._gradient_phase(train_dataset, batch_size)
+            self._curvature_phase()
+            self._self_influence_phase()
+        if test_dataset is not None:
+            self._write_progress("test_scores", 0, len(test_dataset), None)
+            gradients, meta = self.test_gradients(test_dataset, batch_size)
+            scores = self._scores(gradients).to(torch.float32).numpy()
+            self.store.save_test_scores(scores, meta)
 
     def _new_manifest(self, n_train: int) -> dict[str, Any]:
         specs = self.layout.specs
@@ -427,8 +483,7 @@ class InfluenceEngine:
     def whitened_gradients(self) -> np.ndarray:
         """Training gradients whitened by the curvature, (n_train, k) float32 (for maps)."""
         self._require_fitted()
-        chunks = [self.curvature.whiten(g).float().cpu() for _, g in self._train_chunks()]
-        return torch.cat(chunks).numpy()
+        return whitened_training_gradients(self.store.run_dir, self.device)
 
     def _scores(self, test_gradients: torch.Tensor) -> torch.Tensor:
         """(m, n_train) scores of preconditioned test gradients against every stored shard."""
@@ -436,14 +491,8 @@ class InfluenceEngine:
         blocks = [preconditioned @ train.T for _, train in self._train_chunks()]
         return torch.cat(blocks, dim=1).cpu()
 
-    def _train_chunks(self, rows: int = 4096):
-        """(start row, stored gradients as a device tensor) over the training set."""
-        start = 0
-        for shard in self.store.iter_gradient_shards():
-            for offset in range(0, shard.shape[0], rows):
-                chunk = torch.from_numpy(np.array(shard[offset : offset + rows]))
-                yield start, chunk.to(device=self.device, dtype=self.dtype)
-                start += chunk.shape[0]
+    def _train_chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        return stored_gradient_chunks(self.store, self.device, self.dtype)
 
     # ------------------------------------------------------------- reopen
     @classmethod
@@ -483,11 +532,8 @@ class InfluenceEngine:
         return engine._load_state()
 
     def _load_state(self) -> InfluenceEngine:
-        manifest = self.store.read_manifest()
         self.capture = self._restored_capture()
-        tensors = self.store.load_tensors("curvature.safetensors")
-        curvature = Curvature.from_state(manifest["curvature_kind"], manifest["damping"], tensors)
-        self.curvature = curvature.to(self.device)
+        self.curvature = load_curvature(self.store, self.device)
         return self
 
     def _require_fitted(self) -> None:
