@@ -487,10 +487,10 @@ def top_examples(store: RunStore, row: np.ndarray, k: int, sign: float) -> pd.Da
 
 
 def suspect_mask(store: RunStore) -> np.ndarray:
-    """True for training examples with a decision or whose prediction differs from the label."""
+    """True for examples flagged, decided, or whose prediction differs from the given label."""
     meta = store.train_metadata()
     suspects = np.asarray(meta["label"]) != np.asarray(meta["prediction"])
-    for index in load_decisions(store.run_dir):
+    for index in [*load_decisions(store.run_dir), *flagged(store.run_dir)]:
         suspects[int(index)] = True
     return suspects
 
@@ -634,3 +634,28 @@ def suggested_label(item: Any, proponents: pd.DataFrame) -> int:
     if int(item["predicted_label"]) != int(item["given_label"]) or proponents.empty:
         return int(item["predicted_label"])
     return int(proponents["given_label"].mode().iloc[0])
+
+
+def flagged(run_dir: Path) -> list[int]:
+    """Training examples flagged for review in this session (from the gradient map)."""
+    return st.session_state.get("flagged", {}).get(Path(run_dir).name, [])
+
+
+def flag_for_review(ids: Sequence[int]) -> None:
+    """Flag training examples of the current run: they lead its review queue (a callback)."""
+    run_dir = current_run_dir()
+    if run_dir is None:
+        return
+    by_run = st.session_state.setdefault("flagged", {})
+    by_run[run_dir.name] = list(dict.fromkeys([*map(int, ids), *by_run.get(run_dir.name, [])]))
+    st.toast(f"Flagged {len(ids):,} examples: they lead the Label-issues queue.", icon="🚩")
+
+
+def flagged_first(queue: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """The queue with this session's flagged examples moved to the front (in flag order)."""
+    ids = flagged(run_dir)
+    if not ids:
+        return queue
+    position = {index: order for order, index in enumerate(ids)}
+    keys = queue["train_index"].map(lambda i: position.get(int(i), len(ids)))
+    return queue.iloc[np.argsort(keys.to_numpy(), kind="stable")]

@@ -184,7 +184,7 @@ def main() -> None:
         return
     detection_panel(store, bundle)
     st.subheader("Review queue")
-    pending = queue[queue["status"] == review.UNDECIDED]
+    pending = ui.flagged_first(queue[queue["status"] == review.UNDECIDED], store.run_dir)
     if pending.empty:
         st.success("Every training example has a decision.")
     else:
