@@ -338,7 +338,10 @@ def suspicion(
         predictions: (n_train,) the model's predictions on its own training examples.
         kind: ``self_influence`` (the classic signal), or ``disagreement_then_self_influence``:
             examples whose prediction disagrees with their given label first, each group ordered
-            by self-influence (see docs/dashboard.md for the measured detection quality).
+            by self-influence. Measured ROC AUC of the flipped labels (dropout keep 0.25):
+            small_cnn, digits 10% noise: 0.9973 → 0.9974; an MLP trained to memorise, digits
+            20% noise (18 of 287 flips memorised): 0.9946 → 0.9959, recall at 20% inspected
+            0.941 → 0.958. Never worse, so it is the default.
 
     Returns:
         (n_train,) float64 scores.
