@@ -68,11 +68,14 @@ def demo_panel() -> None:
 
 def checkpoint_input() -> Path | None:
     """The checkpoint widgets (upload or server path); its path once given, else None."""
-    source = st.radio("Checkpoint", ["Upload", "Path on the server"], horizontal=True)
+    source = st.radio("Checkpoint", ["Upload", "Path on the server"], horizontal=True,
+                      key="ckpt_source")
     if source == "Upload":
-        upload = st.file_uploader("Checkpoint (.safetensors or .pt)", type=["safetensors", "pt"])
+        upload = st.file_uploader("Checkpoint (.safetensors or .pt)", type=["safetensors", "pt"],
+                                  key="ckpt_upload")
         return save_upload(upload) if upload is not None else None
-    text = st.text_input("Checkpoint path", help=f"Relative to the data root {data_root()}")
+    text = st.text_input("Checkpoint path", help=f"Relative to the data root {data_root()}",
+                         key="ckpt_path")
     return server_path(text) if text.strip() else None
 
 
@@ -81,6 +84,7 @@ def dataset_input() -> str:
     text = st.text_input(
         "Dataset",
         value="digits",
+        key="data_spec",
         help="A spec such as `digits:noise=0.1,seed=0`, or a path under the data root to an "
         ".npz file, an image folder or cifar-10-batches-py/.",
     )
@@ -93,8 +97,8 @@ def dataset_input() -> str:
 def own_model_panel() -> None:
     """Architecture + checkpoint + dataset, loaded and checked together."""
     choices = ["(from the checkpoint's sidecar)", *models.architectures()]
-    arch = st.selectbox("Architecture", choices)
-    arch_args = st.text_input("Architecture arguments (JSON)", value="{}")
+    arch = st.selectbox("Architecture", choices, key="arch")
+    arch_args = st.text_input("Architecture arguments (JSON)", value="{}", key="arch_args")
     try:
         checkpoint = checkpoint_input()
         spec = dataset_input()
@@ -102,7 +106,8 @@ def own_model_panel() -> None:
     except (DropinfError, json.JSONDecodeError) as error:
         ui.show_error(error)
         return
-    if st.button("Load model and data", type="primary", disabled=checkpoint is None or not spec):
+    if st.button("Load model and data", type="primary", key="load_own",
+                 disabled=checkpoint is None or not spec):
         context = ui.Context(
             checkpoint=str(checkpoint),
             data_spec=spec,

@@ -1,0 +1,187 @@
+"""Every dashboard page opened by streamlit's AppTest, and the flows AppTest can drive.
+
+The flows share one DROPINF_HOME per module (the demo checkpoint and its run are made once) and
+use the synchronous job runner (``DROPINF_SYNC_JOBS=1``), so a started job has finished when the
+script run returns.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+PAGES = [
+    "pages/load.py",
+    "pages/compute.py",
+    "pages/explore.py",
+    "pages/gradient_map.py",
+    "pages/label_issues.py",
+]
+SLOW = 600
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("dropinf-home")
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv("DROPINF_HOME", str(home))
+    patcher.setenv("DROPINF_SYNC_JOBS", "1")
+    patcher.delenv("DROPINF_DATA_ROOT", raising=False)
+    yield home
+    patcher.undo()
+
+
+def new_app(query: dict[str, str] | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=SLOW)
+    at.session_state["dropinf_sync_jobs"] = True
+    at.query_params.update(query or {})
+    at.run()
+    assert_clean(at)
+    return at
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def open_page(at: AppTest, page: str) -> AppTest:
+    at.switch_page(page).run()
+    assert_clean(at)
+    return at
+
+
+def run_dir_of(at: AppTest, home: Path) -> Path:
+    return home / "runs" / at.session_state["dropinf_run"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_opens_without_a_model(home: Path, page: str) -> None:
+    at = open_page(new_app(), page)
+    assert at.title, "each page has a title"
+
+
+def test_bad_checkpoint_path_shows_the_message(home: Path) -> None:
+    at = new_app()
+    at.radio(key="ckpt_source").set_value("Path on the server").run()
+    at.text_input(key="ckpt_path").input("no/such/model.safetensors").run()
+    assert_clean(at)
+    assert any("none at" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_path_outside_the_data_root_is_refused(home: Path) -> None:
+    at = new_app()
+    at.radio(key="ckpt_source").set_value("Path on the server").run()
+    at.text_input(key="ckpt_path").input("../../etc/passwd").run()
+    assert any("inside the data root" in e.value for e in at.error)
+
+
+@pytest.fixture(scope="module")
+def loaded_app(home: Path) -> AppTest:
+    at = new_app()
+    at.button(key="load_demo").click().run()
+    assert_clean(at)
+    return at
+
+
+@pytest.mark.slow
+def test_load_demo_shows_the_summary(loaded_app: AppTest) -> None:
+    labels = {m.label for m in loaded_app.metric}
+    assert {"Parameters", "Capturable layers", "Train accuracy", "Test accuracy"} <= labels
+
+
+@pytest.mark.slow
+def test_bad_dataset_spec_shows_the_loader_message(loaded_app: AppTest, home: Path) -> None:
+    at = new_app()
+    checkpoint = next((home / "demo").glob("*.safetensors"))
+    at.radio(key="ckpt_source").set_value("Path on the server").run()
+    at.text_input(key="ckpt_path").input(str(checkpoint.relative_to(home))).run()
+    at.text_input(key="data_spec").input("digits:noise=2").run()
+    at.button(key="load_own").click().run()
+    assert_clean(at)
+    assert at.error, "the loader's message is shown"
+    at.text_input(key="data_spec").input("digits:noise=0.1,seed=0").run()
+    at.button(key="load_own").click().run()
+    assert_clean(at)
+    assert not at.error and any(m.label == "Test accuracy" for m in at.metric)
+
+
+@pytest.fixture(scope="module")
+def computed_app(loaded_app: AppTest) -> AppTest:
+    at = open_page(loaded_app, "pages/compute.py")
+    assert any(m.label == "Compressed dimension k" for m in at.metric)
+    at.button(key="start").click().run()
+    assert_clean(at)
+    return at
+
+
+@pytest.mark.slow
+def test_compute_finishes_and_is_reused(computed_app: AppTest, home: Path) -> None:
+    at = computed_app
+    assert any("already ran" in s.value for s in at.success), [e.value for e in at.error]
+    manifest = json.loads((run_dir_of(at, home) / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert at.query_params["run"] == run_dir_of(at, home).name
+    assert len(at.dataframe) >= 1, "the runs table lists the run"
+    fresh = new_app()
+    fresh.button(key="load_demo").click().run()
+    fresh = open_page(fresh, "pages/compute.py")
+    assert any("already ran" in s.value for s in fresh.success), "same request, same run"
+
+
+@pytest.mark.slow
+def test_explore_choose_and_open_detail(computed_app: AppTest) -> None:
+    at = open_page(computed_app, "pages/explore.py")
+    assert len(at.image) > 10, "the test image and proponent / opponent thumbnails"
+    at.segmented_control(key="explore_mode").set_value("By class").run()
+    at.selectbox(key="explore_class").set_value(3).run()
+    assert_clean(at)
+    assert at.query_params["test"]
+    at.segmented_control(key="explore_mode").set_value("Misclassified only").run()
+    assert_clean(at)
+    opener = next(b for b in at.button if b.key and b.key.startswith("gallery1-"))
+    opener.click().run()
+    assert_clean(at)
+    assert any(s.value.startswith("Training example #") for s in at.subheader)
+    assert any(m.label == "Self-influence" for m in at.metric)
+
+
+@pytest.mark.slow
+def test_deep_link_reopens_the_view(computed_app: AppTest, home: Path) -> None:
+    key = run_dir_of(computed_app, home).name
+    at = open_page(new_app({"run": key, "test": "7"}), "pages/explore.py")
+    assert at.selectbox(key="explore_pick_By index").value == 7
+    assert any(m.label == "True label" for m in at.metric)
+
+
+@pytest.mark.slow
+def test_label_issues_relabel_persists_and_exports(computed_app: AppTest, home: Path) -> None:
+    at = open_page(computed_app, "pages/label_issues.py")
+    assert any(m.label == "ROC AUC" for m in at.metric), "detection quality for the demo"
+    at.button(key="relabel").click().run()
+    assert_clean(at)
+    decisions = json.loads((run_dir_of(at, home) / "decisions.json").read_text())
+    assert [d["action"] for d in decisions["decisions"].values()] == ["relabel"]
+    assert len(at.get("download_button")) == 2, "CSV and JSON export"
+    at.button(key="undo").click().run()
+    decisions = json.loads((run_dir_of(at, home) / "decisions.json").read_text())
+    assert decisions["decisions"] == {}
+    at.button(key="remove").click().run()
+    assert_clean(at)
+
+
+@pytest.mark.slow
+def test_gradient_map_computes_in_a_job(computed_app: AppTest) -> None:
+    at = open_page(computed_app, "pages/gradient_map.py")
+    at.button(key="compute_map").click().run()
+    assert_clean(at)
+    for colour in ("Predicted label", "Self-influence", "Review status"):
+        at.selectbox(key="map_colour").set_value(colour).run()
+        assert_clean(at)
+    at.toggle(key="map_overlay").set_value(True).run()
+    assert_clean(at)
