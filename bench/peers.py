@@ -1,0 +1,378 @@
+"""Side-by-side benchmark: dropinf against dattri, TRAK, Kronfluence, captum and cleanlab.
+
+Run the full size by hand in the peers venv (see bench/PEERS.md), the smoke size in CI::
+
+    bench/.peers-venv/bin/python bench/peers.py            # full: ~20 min on 2 cores
+    bench/.peers-venv/bin/python bench/peers.py --smoke    # every method, tiny sizes
+    .venv/bin/python bench/peers.py --smoke --dropinf-only # main venv, no peer installed
+
+Every method gets the same checkpoint, the same train / test order, the same per-sample
+cross-entropy, float32 and the same thread count. Results go to bench/PEERS.md (or --out) and
+bench/peers_quality_vs_time.png, raw numbers to bench/.cache/peers-results.json (or --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path[:0] = [str(BENCH), str(ROOT)]
+
+from peers_measure import MethodResult  # noqa: E402
+from peers_methods import (  # noqa: E402
+    Problem,
+    captum_tracin_adapter,
+    cleanlab_adapter,
+    dattri_block_adapter,
+    dattri_trak_adapter,
+    dropinf_adapter,
+    kronfluence_adapter,
+    run_method,
+    traker_adapter,
+)
+
+from dropinf import evaluate  # noqa: E402
+from dropinf.data import DatasetBundle, Split, load_data  # noqa: E402
+from dropinf.models import arch_args_for_data  # noqa: E402
+
+CACHE = BENCH / ".cache"
+THREADS = 2
+KEEP_RATIO = 0.25
+DAMPING_GRID = (0.01, 0.1, 1.0)
+SHIFTS = ((0, 0), (0, 1), (1, 0), (0, -1), (-1, 0))
+
+
+@dataclass(frozen=True)
+class Size:
+    """How big one run of the benchmark is.
+
+    Attributes:
+        replicas: Copies of each digits image (original + 1-pixel shifts), train and test.
+        n_train: Training examples kept (the originals first, then shifted copies).
+        n_test: Test examples scored.
+        archs: Architectures.
+        noise_kinds: Label-noise kinds.
+        seeds: Noise seeds.
+        lds_subsets: Retrained subsets for LDS (on noise seed 0 of each arch × kind).
+        lds_archs: Architectures whose LDS is measured (retraining the CNN 50 times is too slow
+            for 2 cores).
+        epochs: Training epochs of the recipe.
+    """
+
+    replicas: int
+    n_train: int | None
+    n_test: int
+    archs: tuple[str, ...]
+    noise_kinds: tuple[str, ...]
+    seeds: tuple[int, ...]
+    lds_subsets: int
+    lds_archs: tuple[str, ...]
+    epochs: int
+
+
+FULL = Size(
+    3,
+    2000,
+    1000,
+    ("mlp", "small_cnn"),
+    ("symmetric", "class_conditional"),
+    (0, 1, 2),
+    50,
+    ("mlp",),
+    8,
+)
+SMOKE = Size(1, 300, 40, ("mlp",), ("symmetric",), (0,), 6, ("mlp",), 5)
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def augmented_digits(replicas: int) -> Path:
+    """Write (once) digits with each image repeated as 1-pixel shifts, train and test apart.
+
+    The embedded digits have 1 437 training and 360 test images; shifting each image by one
+    pixel (up / down / left / right) gives ``replicas`` distinct copies, so timings are not
+    dominated by start-up. Train and test copies come from different originals.
+    """
+    path = CACHE / f"digits-x{replicas}.npz"
+    if path.exists():
+        return path
+    base = load_data("digits")
+    arrays = {}
+    for name, split in (("", base.train), ("_test", base.test)):
+        images = np.concatenate([_shift(split.inputs.numpy(), *s) for s in SHIFTS[:replicas]])
+        arrays["x" + name] = images
+        arrays["y" + name] = np.tile(split.labels.numpy(), replicas)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.savez(path, class_names=np.array(base.class_names), **arrays)
+    return path
+
+
+def _shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    shifted = np.roll(images, (dy, dx), axis=(2, 3))
+    if dy:
+        shifted[:, :, 0 if dy > 0 else -1, :] = 0.0
+    if dx:
+        shifted[:, :, :, 0 if dx > 0 else -1] = 0.0
+    return shifted
+
+
+def load_setting(size: Size, kind: str, seed: int) -> DatasetBundle:
+    """The noisy bundle of one setting (10 % noise), cut to the size's train / test counts."""
+    bundle = load_data(f"{augmented_digits(size.replicas)}:noise=0.1,kind={kind},seed={seed}")
+    if size.n_train is not None and size.n_train < len(bundle.train):
+        bundle = bundle.with_fixes(removals=range(size.n_train, len(bundle.train)), relabels={})
+    test = Split(bundle.test.inputs[: size.n_test], bundle.test.labels[: size.n_test])
+    return replace(bundle, test=test)
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+def make_recipe(arch: str, bundle: DatasetBundle, epochs: int):
+    """The one training recipe of an architecture (used for the checkpoint, LDS and cleanlab)."""
+    from dropinf.train import TrainRecipe
+
+    arch_args = arch_args_for_data(arch, bundle.input_shape, bundle.num_classes)
+    return TrainRecipe(
+        arch=arch,
+        arch_args=arch_args,
+        epochs=epochs,
+        lr=1e-3,
+        batch_size=64,
+        weight_decay=1e-4,
+        seed=0,
+    )
+
+
+def train(recipe, bundle: DatasetBundle) -> torch.nn.Module:
+    """Train the recipe on a bundle; the model comes back in eval mode."""
+    from dropinf.train import train_model
+
+    return train_model(recipe, bundle, progress=False).model.eval()
+
+
+def fold_trainer(recipe, bundle: DatasetBundle):
+    """A function training the recipe on the training examples of a boolean mask."""
+
+    def train_on(mask: np.ndarray) -> torch.nn.Module:
+        return train(recipe, bundle.with_fixes(np.flatnonzero(~mask).tolist(), {}))
+
+    return train_on
+
+
+# ---------------------------------------------------------------------------------- methods
+
+
+def method_table(dropinf_only: bool, recipe, bundle: DatasetBundle) -> dict:
+    """Method label -> adapter, in table order."""
+    methods = {
+        "dropinf dropout": dropinf_adapter("dropout", KEEP_RATIO, mask="uniform"),
+        "dropinf dropout (energy mask)": dropinf_adapter("dropout", KEEP_RATIO, mask="energy"),
+    }
+    if dropinf_only:
+        return methods
+    methods |= {
+        "TRAK (traker)": traker_adapter,
+        "dattri TRAK": dattri_trak_adapter,
+        "dattri LoGra": dattri_block_adapter("logra"),
+        "dattri FactGraSS": dattri_block_adapter("factgrass"),
+        "Kronfluence EK-FAC": kronfluence_adapter,
+        "captum TracInCP": captum_tracin_adapter,
+        "cleanlab": cleanlab_adapter(fold_trainer(recipe, bundle)),
+    }
+    return methods
+
+
+def reference_curvature(arch: str) -> str:
+    """Curvature used for the fidelity pair (dropout vs identity at the same curvature).
+
+    The MLP's 9 610 parameters allow the exact full Fisher; the CNN's 151 k do not, so its
+    fidelity pair uses the identity curvature (gradient similarity) on both sides.
+    """
+    return "full" if arch == "mlp" else "identity"
+
+
+def fidelity_pair(problem: Problem, arch: str) -> tuple[dict[str, float], np.ndarray]:
+    """Fidelity of dropout against identity compression at the same curvature and damping.
+
+    Returns:
+        The fidelity report (plus the curvature used) and the exact (identity) scores.
+    """
+    from dropinf.config import CompressionConfig, CurvatureConfig
+    from dropinf.engine import InfluenceEngine
+    from dropinf.losses import cross_entropy_per_sample
+
+    curvature = CurvatureConfig(kind=reference_curvature(arch), damping_ratio=problem.damping_ratio)
+    scores = {}
+    for method in ("dropout", "identity"):
+        compression = CompressionConfig(
+            method=method, keep_ratio=KEEP_RATIO, seed=0, mask="uniform"
+        )
+        engine = InfluenceEngine(problem.model, cross_entropy_per_sample, compression, curvature)
+        scores[method] = engine.fit(problem.train).pairwise_scores(problem.test).numpy()
+    report = evaluate.fidelity(scores["dropout"], scores["identity"], top=10).to_dict()
+    report["curvature"] = curvature.kind
+    return report, scores["identity"]
+
+
+def choose_damping(problem: Problem, subsets: evaluate.SubsetOutputs | None) -> float:
+    """Pick dropinf's damping ratio from the shared grid by LDS on the even test examples."""
+    if subsets is None:
+        return 0.1
+    best, best_lds = DAMPING_GRID[0], -np.inf
+    for ratio in DAMPING_GRID:
+        result = run_method(
+            "grid", dropinf_adapter("dropout", KEEP_RATIO), replace(problem, damping_ratio=ratio)
+        )
+        lds = _lds(result.scores, subsets, held_out=True)
+        if lds > best_lds:
+            best, best_lds = ratio, lds
+    return best
+
+
+def _lds(scores: np.ndarray, subsets: evaluate.SubsetOutputs, held_out: bool) -> float:
+    rows = np.arange(scores.shape[0])[0 if held_out else 1 :: 2]  # even: selection, odd: report
+    report = evaluate.linear_datamodeling_score(
+        scores[rows], subsets.masks, subsets.margins[:, rows]
+    )
+    return report.lds
+
+
+# ---------------------------------------------------------------------------------- settings
+
+
+def run_setting(size: Size, arch: str, kind: str, seed: int, dropinf_only: bool) -> dict:
+    """Train, run every method, evaluate: one table's worth of results."""
+    bundle = load_setting(size, kind, seed)
+    recipe = make_recipe(arch, bundle, size.epochs)
+    torch.manual_seed(0)
+    model = train(recipe, bundle)
+    with_lds = seed == 0 and arch in size.lds_archs and size.lds_subsets > 0
+    subsets = _subset_outputs(size, recipe, bundle) if with_lds else None
+    workdir = Path(tempfile.mkdtemp(prefix="peers-"))
+    problem = Problem(
+        model,
+        bundle.train,
+        bundle.test,
+        k=0,
+        damping_ratio=0.1,
+        num_classes=bundle.num_classes,
+        workdir=workdir,
+    )
+    problem.damping_ratio = choose_damping(problem, subsets)
+    fidelity, exact = fidelity_pair(problem, arch)
+    results = []
+    for name, adapter in method_table(dropinf_only, recipe, bundle).items():
+        result = run_method(name, adapter, problem)
+        if name == "dropinf dropout" and result.k:
+            problem.k = result.k  # every peer with a compressed dimension gets the same k
+        results.append(result)
+        print(f"  {name}: {result.total_s:.2f}s {result.error or ''}", flush=True)
+    rows = [_method_row(r, bundle, subsets, exact) for r in results]
+    return {
+        "arch": arch,
+        "noise": kind,
+        "seed": seed,
+        "n_train": len(bundle.train),
+        "n_test": len(bundle.test),
+        "damping_ratio": problem.damping_ratio,
+        "k": problem.k,
+        "fidelity": fidelity,
+        "methods": rows,
+    }
+
+
+def _subset_outputs(size: Size, recipe, bundle: DatasetBundle) -> evaluate.SubsetOutputs:
+    start = time.perf_counter()
+    outputs = evaluate.lds_subset_outputs(
+        recipe, bundle, n_subsets=size.lds_subsets, fraction=0.5, seed=0, cache_dir=CACHE
+    )
+    print(f"  LDS subsets ready in {time.perf_counter() - start:.1f}s", flush=True)
+    return outputs
+
+
+def _method_row(result: MethodResult, bundle: DatasetBundle, subsets, exact) -> dict:
+    row = {
+        "method": result.name,
+        "phases": result.phases,
+        "total_s": result.total_s,
+        "peak_mb": result.peak_bytes / 2**20,
+        "stored_mb": result.bytes_stored / 2**20,
+        "k": result.k,
+        "note": result.note.splitlines()[0] if result.note else "",
+        "error": result.error,
+    }
+    if result.error is not None:
+        return row
+    if result.suspicion is not None:
+        report = evaluate.detection_report(result.suspicion, bundle.noisy_mask)
+        row["auc"], row["recall_10"] = report.auc, report.recall_at_share[0.1]
+    if result.scores is not None:
+        row["agreement_exact"] = evaluate.fidelity(result.scores, exact).spearman
+        if subsets is not None:
+            row["lds"] = _lds(result.scores, subsets, held_out=False)
+    return row
+
+
+# ------------------------------------------------------------------------------------- main
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, torch and every peer importable here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version(), "machine": platform.machine()}
+    for package in ("torch", "numpy", "dattri", "traker", "kronfluence", "captum", "cleanlab"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, every method")
+    parser.add_argument("--dropinf-only", action="store_true", help="skip the peers")
+    parser.add_argument("--out", type=Path, default=BENCH / "PEERS.md")
+    parser.add_argument("--plot", type=Path, default=BENCH / "peers_quality_vs_time.png")
+    parser.add_argument("--json", type=Path, default=CACHE / "peers-results.json")
+    parser.add_argument("--archs", nargs="+", help="override the size's architectures")
+    parser.add_argument("--kinds", nargs="+", help="override the size's noise kinds")
+    parser.add_argument("--seeds", nargs="+", type=int, help="override the size's noise seeds")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(THREADS)
+    torch.set_default_dtype(torch.float32)
+    size = SMOKE if args.smoke else FULL
+    overrides = {"archs": args.archs, "noise_kinds": args.kinds, "seeds": args.seeds}
+    size = replace(size, **{k: tuple(v) for k, v in overrides.items() if v})
+    settings = []
+    for arch in size.archs:
+        for kind in size.noise_kinds:
+            for seed in size.seeds:
+                print(f"{arch} / {kind} / seed {seed}", flush=True)
+                settings.append(run_setting(size, arch, kind, seed, args.dropinf_only))
+    payload = {"size": asdict(size), "versions": versions(), "argv": sys.argv, "settings": settings}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(payload, indent=1, default=float))
+    from peers_report import write_plot, write_report
+
+    write_report(payload, args.out)
+    write_plot(payload, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
