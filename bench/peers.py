@@ -287,6 +287,7 @@ def run_setting(size: Size, arch: str, kind: str, seed: int, dropinf_only: bool)
         "seed": seed,
         "n_train": len(bundle.train),
         "n_test": len(bundle.test),
+        "recipe": asdict(recipe),
         "damping_ratio": problem.damping_ratio,
         "k": problem.k,
         "fidelity": fidelity,
