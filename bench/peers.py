@@ -68,6 +68,7 @@ class Size:
         lds_archs: Architectures whose LDS is measured (retraining the CNN 50 times is too slow
             for 2 cores).
         epochs: Training epochs of the recipe.
+        method_timeout_s: A method still running after this is stopped and reported as such.
     """
 
     replicas: int
@@ -79,6 +80,7 @@ class Size:
     lds_subsets: int
     lds_archs: tuple[str, ...]
     epochs: int
+    method_timeout_s: int
 
 
 FULL = Size(
@@ -91,8 +93,9 @@ FULL = Size(
     50,
     ("mlp",),
     8,
+    240,
 )
-SMOKE = Size(1, 300, 40, ("mlp",), ("symmetric",), (0,), 6, ("mlp",), 5)
+SMOKE = Size(1, 300, 40, ("mlp",), ("symmetric",), (0,), 6, ("mlp",), 5, 120)
 
 
 # ------------------------------------------------------------------------------------ data
@@ -275,7 +278,7 @@ def run_setting(size: Size, arch: str, kind: str, seed: int, dropinf_only: bool)
     fidelity, exact = fidelity_pair(problem, arch)
     results = []
     for name, adapter in method_table(dropinf_only, recipe, bundle).items():
-        result = run_method(name, adapter, problem)
+        result = run_method(name, adapter, problem, timeout_s=size.method_timeout_s)
         if name == "dropinf dropout" and result.k:
             problem.k = result.k  # every peer with a compressed dimension gets the same k
         results.append(result)

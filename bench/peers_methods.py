@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -55,9 +56,32 @@ def loader(dataset: Dataset, batch_size: int = BATCH) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
 
-def run_method(name: str, adapter: Callable[[Problem, MethodResult], None], problem: Problem):
-    """Run one adapter under the memory sampler; record the exception text if it fails."""
+class MethodTimeoutError(TimeoutError):
+    """A method ran past the benchmark's per-method time limit."""
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    raise MethodTimeoutError("ran past the per-method time limit")
+
+
+def run_method(
+    name: str,
+    adapter: Callable[[Problem, MethodResult], None],
+    problem: Problem,
+    timeout_s: int = 0,
+) -> MethodResult:
+    """Run one adapter under the memory sampler; record the exception text if it fails.
+
+    Args:
+        name: Method label.
+        adapter: The method's adapter.
+        problem: The shared inputs.
+        timeout_s: Stop the method after this many seconds (0: no limit); a stopped method is
+            reported with ``error = "MethodTimeoutError: ... (> N s)"``.
+    """
     result = MethodResult(name=name)
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(timeout_s)
     try:
         with PeakMemory() as memory:
             adapter(problem, result)
@@ -65,8 +89,13 @@ def run_method(name: str, adapter: Callable[[Problem, MethodResult], None], prob
         check_output(result, len(problem.test), len(problem.train))
     except Exception as error:  # a peer failing is a result, not a crash of the benchmark
         result.error = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+        if isinstance(error, MethodTimeoutError):
+            result.error += f" (> {timeout_s} s)"
         result.note = traceback.format_exc(limit=-3)[-1500:]
         result.scores = result.suspicion = None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     return result
 
 
