@@ -43,6 +43,7 @@ CHECKPOINT_FORMAT = 1
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 MAX_LISTED_NAMES = 8
+METADATA_KEY = "dropinf"
 
 
 # ---------------------------------------------------------------- architectures
@@ -288,7 +289,7 @@ def save_checkpoint(
     if suffix == "safetensors":
         from safetensors.torch import save_file
 
-        metadata = {key: json.dumps(value) for key, value in description.items()}
+        metadata = {METADATA_KEY: json.dumps(description, sort_keys=True)}  # one key: stable bytes
         _atomic_write(path, lambda tmp: save_file(state_dict, str(tmp), metadata=metadata))
     else:
         _atomic_write(path, lambda tmp: torch.save(state_dict, tmp))
@@ -490,16 +491,20 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def _read_description(path: Path, metadata: Mapping[str, str]) -> dict[str, Any]:
     sidecar = sidecar_path(path)
+    source = sidecar.name if sidecar.is_file() else f"{path.name} metadata"
     try:
         if sidecar.is_file():
             description = json.loads(sidecar.read_text())
-        else:
-            description = {key: json.loads(value) for key, value in metadata.items()}
+        elif METADATA_KEY in metadata:
+            description = json.loads(metadata[METADATA_KEY])
+        else:  # hand-written safetensors metadata: {"arch": "mlp", "arch_args": "{...}"}
+            arch_args = json.loads(metadata.get("arch_args", "{}"))
+            description = {"arch": metadata.get("arch"), "arch_args": arch_args}
     except json.JSONDecodeError as error:
-        raise CheckpointError(f"{sidecar.name}: not valid JSON ({error})") from None
+        raise CheckpointError(f"{source}: not valid JSON ({error})") from None
     if not isinstance(description, dict) or not isinstance(description.get("arch_args", {}), dict):
         raise CheckpointError(
-            f"{sidecar.name}: expected {{'arch': str, 'arch_args': dict}}; found {description!r}"
+            f"{source}: expected {{'arch': str, 'arch_args': dict}}; found {description!r}"
         )
     return description
 

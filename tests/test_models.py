@@ -105,6 +105,29 @@ def test_safetensors_metadata_suffices_without_sidecar(tmp_path):
     assert load_checkpoint(path).arch_args == DIGITS_CNN_ARGS
 
 
+def test_hand_written_safetensors_metadata(tmp_path):
+    from safetensors.torch import save_file
+
+    model = _digits_cnn(seed=4)
+    path = tmp_path / "own.safetensors"
+    metadata = {"arch": "small_cnn", "arch_args": json.dumps(DIGITS_CNN_ARGS)}
+    save_file(model.state_dict(), str(path), metadata=metadata)
+    loaded = load_checkpoint(path)
+    assert loaded.arch_args == DIGITS_CNN_ARGS
+    assert torch.equal(loaded.model.state_dict()["6.weight"], model.state_dict()["6.weight"])
+
+
+def test_same_model_saves_byte_identical_files(tmp_path):
+    model = _digits_cnn()
+    first = save_checkpoint(
+        tmp_path / "a.safetensors", model, "small_cnn", DIGITS_CNN_ARGS, {"x": 1, "y": 2}
+    )
+    again = save_checkpoint(
+        tmp_path / "b.safetensors", model, "small_cnn", DIGITS_CNN_ARGS, {"x": 1, "y": 2}
+    )
+    assert first.read_bytes() == again.read_bytes()
+
+
 def test_resnet9_batchnorm_buffers_round_trip(tmp_path):
     model = build_model("resnet9", num_classes=10, width=4)
     model(torch.randn(4, 3, 32, 32))  # updates running statistics
