@@ -112,7 +112,9 @@ class LayerCompressor:
         if not spec.is_factored:
             self.k = kept_units(spec.in_units, keep_ratio)
 
-    def compress_factored(self, inputs: torch.Tensor, output_grads: torch.Tensor) -> torch.Tensor:
+    def compress_factored(
+        self, inputs: torch.Tensor, output_grads: torch.Tensor
+    ) -> list[torch.Tensor]:
         """Compress ``Σ_t δ_t a_tᵀ`` (and the bias gradient ``Σ_t δ_t``).
 
         Args:
@@ -122,7 +124,8 @@ class LayerCompressor:
                 with ``output_index``.
 
         Returns:
-            (B, k) compressed per-sample gradients.
+            (B, ·) parts whose concatenation is the (B, k) compressed per-sample gradient
+            (kept apart so the caller copies them once, straight into its output).
         """
         raise NotImplementedError
 
@@ -142,23 +145,25 @@ class LayerCompressor:
         return {}
 
 
-def outer_product_sum(inputs: torch.Tensor, output_grads: torch.Tensor, bias: bool) -> torch.Tensor:
-    """Per-sample ``Σ_t δ_t a_tᵀ`` flattened, followed by ``Σ_t δ_t`` when ``bias``.
+def outer_product_sum(
+    inputs: torch.Tensor, output_grads: torch.Tensor, bias: bool
+) -> list[torch.Tensor]:
+    """Per-sample ``Σ_t δ_t a_tᵀ`` flattened, and ``Σ_t δ_t`` when ``bias``.
 
     Args:
         inputs: (B, T, d_in).
         output_grads: (B, T, d_out).
-        bias: Append the bias gradient.
+        bias: Add the bias gradient as a second part.
 
     Returns:
-        (B, d_out·d_in [+ d_out]).
+        [(B, d_out·d_in)] or [(B, d_out·d_in), (B, d_out)].
     """
     batch = inputs.shape[0]
     weight_grad = torch.bmm(output_grads.transpose(1, 2), inputs)  # (B, d_out, d_in)
     parts = [weight_grad.reshape(batch, -1)]
     if bias:
         parts.append(output_grads.sum(dim=1))  # (B, d_out)
-    return torch.cat(parts, dim=1)
+    return parts
 
 
 class MaskCompressor(LayerCompressor):
@@ -175,7 +180,9 @@ class MaskCompressor(LayerCompressor):
         self.input_index = input_index
         self.output_index = output_index
 
-    def compress_factored(self, inputs: torch.Tensor, output_grads: torch.Tensor) -> torch.Tensor:
+    def compress_factored(
+        self, inputs: torch.Tensor, output_grads: torch.Tensor
+    ) -> list[torch.Tensor]:
         """See ``LayerCompressor.compress_factored``."""
         return outer_product_sum(inputs, output_grads, self.spec.has_bias)
 
@@ -201,7 +208,9 @@ class FactorizedGaussianCompressor(LayerCompressor):
         else:
             self.flat_projection = gaussian_matrix(spec.in_units, self.k, generator)
 
-    def compress_factored(self, inputs: torch.Tensor, output_grads: torch.Tensor) -> torch.Tensor:
+    def compress_factored(
+        self, inputs: torch.Tensor, output_grads: torch.Tensor
+    ) -> list[torch.Tensor]:
         """See ``LayerCompressor.compress_factored``."""
         projected_inputs = inputs @ self.input_projection.to(inputs.dtype)  # (B, T, k_in)
         projected_grads = output_grads @ self.output_projection.to(inputs.dtype)  # (B, T, k_out)
@@ -215,9 +224,12 @@ class FactorizedGaussianCompressor(LayerCompressor):
 class FlatProjectionCompressor(LayerCompressor):
     """``gaussian`` and ``sjlt``: build the full per-sample gradient, then project it."""
 
-    def compress_factored(self, inputs: torch.Tensor, output_grads: torch.Tensor) -> torch.Tensor:
+    def compress_factored(
+        self, inputs: torch.Tensor, output_grads: torch.Tensor
+    ) -> list[torch.Tensor]:
         """See ``LayerCompressor.compress_factored``."""
-        return self.compress_flat(outer_product_sum(inputs, output_grads, self.spec.has_bias))
+        parts = outer_product_sum(inputs, output_grads, self.spec.has_bias)
+        return [self.compress_flat(torch.cat(parts, dim=1))]
 
 
 class GaussianCompressor(FlatProjectionCompressor):

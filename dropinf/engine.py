@@ -12,7 +12,7 @@ import hashlib
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,10 @@ from dropinf.compress import (
 )
 from dropinf.config import CompressionConfig, CurvatureConfig
 from dropinf.curvature import Curvature, fit_curvature
-from dropinf.errors import IncompleteRunError, NonFiniteError, RunConfigMismatchError
+from dropinf.errors import IncompleteRunError, RunConfigMismatchError
 from dropinf.store import RunStore, now_iso
 
 SHARD_BYTES = 64 * 2**20
-FLOAT16_MAX = 65504.0
 PROGRESS_INTERVAL = 0.5
 SIGNATURE_FIELDS = (
     "compression",
@@ -230,19 +229,23 @@ class InfluenceEngine:
     def _run_phases(
         self, train_dataset: Dataset, batch_size: int, test_dataset: Dataset | None
     ) -> None:
-        """The phases a run still lacks, in order."""
+        """The phases a run still lacks, in order, with their wall-clock seconds in the manifest."""
         if self.store.artifact_path("self_influence.npy").is_file():
             self._load_state()
         else:
-            self._prepare_capture(train_dataset, batch_size)
-            self._gradient_phase(train_dataset, batch_size)
-            self._curvature_phase()
-            self._self_influence_phase()
+            self._timed("calibration", self._prepare_capture, train_dataset, batch_size)
+            self._timed("gradients", self._gradient_phase, train_dataset, batch_size)
+            self._timed("curvature", self._curvature_phase)
+            self._timed("self_influence", self._self_influence_phase)
         if test_dataset is not None:
-            self._write_progress("test_scores", 0, len(test_dataset), None)
-            gradients, meta = self.test_gradients(test_dataset, batch_size)
-            scores = self._scores(gradients).to(torch.float32).numpy()
-            self.store.save_test_scores(scores, meta)
+            self._timed("test_scores", self._test_scores_phase, test_dataset, batch_size)
+
+    def _timed(self, phase: str, run: Callable[..., None], *args: Any) -> None:
+        started = time.perf_counter()
+        run(*args)
+        timings = self.store.read_manifest().get("timings", {})
+        timings[phase] = time.perf_counter() - started
+        self.store.update_manifest(timings=timings)
 
     def _new_manifest(self, n_train: int) -> dict[str, Any]:
         specs = self.layout.specs
@@ -268,6 +271,7 @@ class InfluenceEngine:
                 "python": sys.version.split()[0],
             },
             "created": now_iso(),
+            "timings": {},
             "error": None,
         }
 
@@ -380,8 +384,8 @@ class InfluenceEngine:
         writer = None
         started, first_row = time.perf_counter(), rows_done
         for batch in loader:
-            captured = self.capture.capture(self.loss_fn, self._batch(batch))
-            gradients, meta = self._to_store(captured), batch_metadata(captured, batch)
+            captured = self.capture.capture(self.loss_fn, self._batch(batch), self.store_dtype)
+            gradients, meta = captured.gradients.cpu().numpy(), batch_metadata(captured, batch)
             offset = 0
             while offset < gradients.shape[0]:
                 if writer is None:
@@ -406,21 +410,6 @@ class InfluenceEngine:
             self._write_progress("gradients", rows_done, n_train, rate)
         bar.close()
 
-    def _to_store(self, captured: CapturedBatch) -> np.ndarray:
-        """Gradients of a captured batch in the store dtype.
-
-        Raises:
-            NonFiniteError: A value overflows float16.
-        """
-        gradients = captured.gradients.to(self.dtype)
-        largest = float(gradients.abs().max())
-        if self.store_dtype == torch.float16 and largest > FLOAT16_MAX:
-            raise NonFiniteError(
-                f"expected compressed gradients within float16 range (±{FLOAT16_MAX:g}); found "
-                f"{largest:.3g}. Use store_dtype=torch.float32."
-            )
-        return gradients.to(self.store_dtype).cpu().numpy()
-
     def _curvature_phase(self) -> None:
         self._write_progress("curvature", 0, 1, None)
         dims = [layer["k"] for layer in self.store.read_manifest()["layers"]]
@@ -439,6 +428,12 @@ class InfluenceEngine:
             self._write_progress("self_influence", start, n_train, None)
             values.append(self.curvature.whiten(gradients).pow(2).sum(dim=1).cpu())
         self.store.save_self_influence(torch.cat(values).to(torch.float32).numpy())
+
+    def _test_scores_phase(self, test_dataset: Dataset, batch_size: int) -> None:
+        self._write_progress("test_scores", 0, len(test_dataset), None)
+        gradients, meta = self.test_gradients(test_dataset, batch_size)
+        scores = self._scores(gradients).to(torch.float32).numpy()
+        self.store.save_test_scores(scores, meta)
 
     # ------------------------------------------------------------- scoring
     def pairwise_scores(self, test_dataset: Dataset, batch_size: int = 256) -> torch.Tensor:

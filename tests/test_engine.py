@@ -326,3 +326,18 @@ def test_killed_fit_resumes_to_the_same_scores(tmp_path) -> None:
     ).fit(train, batch_size=16)
     assert torch.equal(resumed, fresh.pairwise_scores(test))
     assert np.array_equal(interrupted.store.self_influence(), fresh.store.self_influence())
+
+
+def test_float16_overflow_is_refused_with_advice() -> None:
+    data = make_data("mlp", 8, 19)
+    scaled = TensorDataset(data.tensors[0].float() * 1e6, data.tensors[1])
+    engine = InfluenceEngine(nn.Linear(6, 3), cross_entropy_per_sample)  # gradient ∝ inputs
+    with pytest.raises(NonFiniteError, match=r"store_dtype=torch\.float32"):
+        engine.fit(scaled)
+
+
+def test_phase_timings_are_recorded() -> None:
+    engine = InfluenceEngine(make_mlp(11), cross_entropy_per_sample, dtype=torch.float64)
+    timings = engine.fit(make_data("mlp", 12, 20)).store.read_manifest()["timings"]
+    assert set(timings) == {"calibration", "gradients", "curvature", "self_influence"}
+    assert all(seconds >= 0 for seconds in timings.values())
