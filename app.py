@@ -14,10 +14,15 @@ PAGES = [
     st.Page("pages/load.py", title="Load", icon=":material/upload:", url_path="load", default=True),
     st.Page("pages/compute.py", title="Compute", icon=":material/bolt:", url_path="compute"),
     st.Page("pages/explore.py", title="Explore", icon=":material/search:", url_path="explore"),
-    st.Page("pages/gradient_map.py", title="Gradient map", icon=":material/scatter_plot:",
-            url_path="map"),
-    st.Page("pages/label_issues.py", title="Label issues", icon=":material/flag:",
-            url_path="labels"),
+    st.Page(
+        "pages/gradient_map.py",
+        title="Gradient map",
+        icon=":material/scatter_plot:",
+        url_path="map",
+    ),
+    st.Page(
+        "pages/label_issues.py", title="Label issues", icon=":material/flag:", url_path="labels"
+    ),
 ]
 
 

@@ -392,42 +392,77 @@ def capturable_layers(model: Any) -> list[dict[str, Any]]:
 
 
 @st.cache_data(show_spinner="Estimating k, store size and time…", max_entries=64)
-def run_estimate(context: Context, compression: Any) -> dict[str, float]:
-    """k, gradient-store size and a time estimate of a run, from one timed capture batch.
+def run_estimate(context: Context, compression: Any, curvature: Any) -> dict[str, float]:
+    """k, gradient-store size and a time estimate of a run, from timed samples on this machine.
+
+    Time = one timed capture batch scaled to the training + test examples, plus the curvature
+    blocks' dense algebra (``d³`` to factor, ``4·n·d²`` to accumulate and precondition each
+    block of size d) at the measured matmul rate.
 
     Args:
         context: The loaded model + dataset.
         compression: The ``CompressionConfig`` of the run.
+        curvature: The ``CurvatureConfig`` of the run.
 
     Returns:
-        ``k`` (int), ``store_bytes`` (float16 store of the training set) and ``seconds``
-        (training + test examples at the measured capture speed).
+        ``k`` (int), ``store_bytes`` (float16 store of the training set) and ``seconds``.
     """
-    import time
-    from dataclasses import replace
-
-    from torch.utils.data import DataLoader
-
-    from dropinf.capture import GradientCapture, discover_layers
-    from dropinf.compress import build_compressor
-    from dropinf.losses import cross_entropy_per_sample
+    from dropinf.capture import discover_layers
 
     loaded, bundle = load_context(context)
     layout = discover_layers(loaded.model)
-    timing = replace(compression, mask="uniform")  # energy masks need a calibration pass
+    capture = _timing_capture(loaded.model, layout, compression)
+    per_example = _seconds_per_example(capture, bundle)
+    n_examples = len(bundle.train) + len(bundle.test)
+    kind = curvature.resolve_kind(capture.k)
+    blocks = {"full": [capture.k], "block": [c.k for c in capture.compressors]}.get(kind, [])
+    algebra = sum(d**3 + 4 * n_examples * d**2 for d in blocks) / _matmul_flops_per_s()
+    return {
+        "k": capture.k,
+        "store_bytes": float(capture.k * len(bundle.train) * 2),
+        "seconds": per_example * n_examples + algebra,
+    }
+
+
+def _timing_capture(model: Any, layout: Any, compression: Any) -> Any:
+    """A gradient capture with the run's compressors (uniform masks: no calibration pass)."""
+    from dataclasses import replace
+
+    from dropinf.capture import GradientCapture
+    from dropinf.compress import build_compressor
+
+    timing = replace(compression, mask="uniform")
     compressors = [build_compressor(spec, timing, i) for i, spec in enumerate(layout.specs)]
-    capture = GradientCapture(loaded.model, layout, compressors)
+    return GradientCapture(model, layout, compressors)
+
+
+def _seconds_per_example(capture: Any, bundle: data.DatasetBundle) -> float:
+    """Seconds one example takes through the capture (second of two timed batches)."""
+    import time
+
+    from torch.utils.data import DataLoader
+
+    from dropinf.losses import cross_entropy_per_sample
+
     batch = next(iter(DataLoader(bundle.train, batch_size=64)))
     capture.capture(cross_entropy_per_sample, batch)
     started = time.perf_counter()
     capture.capture(cross_entropy_per_sample, batch)
-    per_example = (time.perf_counter() - started) / len(batch[0])
-    n_train, n_test = len(bundle.train), len(bundle.test)
-    return {
-        "k": capture.k,
-        "store_bytes": float(capture.k * n_train * 2),
-        "seconds": per_example * (n_train + n_test),
-    }
+    return (time.perf_counter() - started) / len(batch[0])
+
+
+@st.cache_resource
+def _matmul_flops_per_s() -> float:
+    """Dense float32 matmul throughput of this machine (one 1024² product, timed)."""
+    import time
+
+    import torch
+
+    matrix = torch.randn(1024, 1024)
+    torch.mm(matrix, matrix)
+    started = time.perf_counter()
+    torch.mm(matrix, matrix)
+    return 2 * 1024**3 / max(time.perf_counter() - started, 1e-9)
 
 
 def human_bytes(size: float) -> str:
@@ -468,8 +503,10 @@ def example_describer(bundle: data.DatasetBundle, meta: dict[str, np.ndarray]) -
     def describe(index: int) -> str:
         label, prediction = int(meta["label"][index]), int(meta["prediction"][index])
         mark = "" if label == prediction else "  ✗"
-        return (f"#{index} · {class_name(bundle, label)} → predicted "
-                f"{class_name(bundle, prediction)}{mark}")
+        return (
+            f"#{index} · {class_name(bundle, label)} → predicted "
+            f"{class_name(bundle, prediction)}{mark}"
+        )
 
     return describe
 
@@ -482,8 +519,9 @@ def open_train_detail(index: int | None) -> None:
 def top_examples(store: RunStore, row: np.ndarray, k: int, sign: float) -> pd.DataFrame:
     """The k strongest proponents (sign +1) or opponents (sign -1) of a scores row."""
     meta = store.train_metadata()
-    return views.top_influences(row, k, labels=meta["label"], predictions=meta["prediction"],
-                                opponents=sign < 0)
+    return views.top_influences(
+        row, k, labels=meta["label"], predictions=meta["prediction"], opponents=sign < 0
+    )
 
 
 def suspect_mask(store: RunStore) -> np.ndarray:
@@ -505,11 +543,13 @@ def train_caption(bundle: data.DatasetBundle, item: Any, suspects: np.ndarray) -
     """Caption of a training thumbnail from a ``top_influences`` row."""
     index = int(item.train_index)
     flag = ' <span class="flag" title="suspect label">⚑</span>' if suspects[index] else ""
-    return caption_html([
-        f"#{index}{flag} · {score_html(float(item.score))}",
-        f"given <b>{class_name(bundle, item.given_label)}</b>"
-        f' <span class="muted">pred {class_name(bundle, item.predicted_label)}</span>',
-    ])
+    return caption_html(
+        [
+            f"#{index}{flag} · {score_html(float(item.score))}",
+            f"given <b>{class_name(bundle, item.given_label)}</b>"
+            f' <span class="muted">pred {class_name(bundle, item.predicted_label)}</span>',
+        ]
+    )
 
 
 def train_caption_for(
@@ -517,22 +557,26 @@ def train_caption_for(
 ) -> str:
     """Caption of a training thumbnail without a score (galleries of selections)."""
     flag = ' <span class="flag" title="suspect label">⚑</span>' if suspects[index] else ""
-    return caption_html([
-        f"#{index}{flag}",
-        f"given <b>{class_name(bundle, meta['label'][index])}</b>"
-        f' <span class="muted">pred {class_name(bundle, meta["prediction"][index])}</span>',
-    ])
+    return caption_html(
+        [
+            f"#{index}{flag}",
+            f"given <b>{class_name(bundle, meta['label'][index])}</b>"
+            f' <span class="muted">pred {class_name(bundle, meta["prediction"][index])}</span>',
+        ]
+    )
 
 
 def test_caption(
     bundle: data.DatasetBundle, meta: dict[str, np.ndarray], index: int, score: float
 ) -> str:
     """Caption of a test thumbnail with the score a training example has on it."""
-    return caption_html([
-        f"test #{index} · {score_html(score)}",
-        f"true <b>{class_name(bundle, meta['label'][index])}</b>"
-        f' <span class="muted">pred {class_name(bundle, meta["prediction"][index])}</span>',
-    ])
+    return caption_html(
+        [
+            f"test #{index} · {score_html(score)}",
+            f"true <b>{class_name(bundle, meta['label'][index])}</b>"
+            f' <span class="muted">pred {class_name(bundle, meta["prediction"][index])}</span>',
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,8 +612,13 @@ def undo_last_decision(run_dir: Path) -> None:
 def review_queue(store: RunStore, bundle: data.DatasetBundle) -> pd.DataFrame:
     """Training examples ranked by the mislabel score, with their review status."""
     meta = store.train_metadata()
-    return review.review_queue(store.self_influence(), meta["label"], meta["prediction"],
-                               load_decisions(store.run_dir), class_names=bundle.class_names)
+    return review.review_queue(
+        store.self_influence(),
+        meta["label"],
+        meta["prediction"],
+        load_decisions(store.run_dir),
+        class_names=bundle.class_names,
+    )
 
 
 def mislabel_scores(store: RunStore) -> dict[str, np.ndarray]:
@@ -578,7 +627,8 @@ def mislabel_scores(store: RunStore) -> dict[str, np.ndarray]:
     self_influence = store.self_influence()
     return {
         "mislabel score (queue order)": review.suspicion(
-            self_influence, meta["label"], meta["prediction"]),
+            self_influence, meta["label"], meta["prediction"]
+        ),
         "self-influence": np.asarray(self_influence),
     }
 

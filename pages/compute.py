@@ -21,13 +21,30 @@ def compression_form() -> CompressionConfig:
         ConfigError: When the values do not make a valid config.
     """
     left, right = st.columns(2)
-    method = left.selectbox("Compressor", COMPRESSION_METHODS, index=0, key="method",
-                            help="`dropout` is the method; the others are baselines.")
-    mask = right.radio("Dropout mask", ["energy", "uniform"], horizontal=True, key="mask",
-                       disabled=method != "dropout",
-                       help="`energy` keeps the busiest units; `uniform` draws them at random.")
-    keep_ratio = left.slider("Keep ratio", 0.05, 1.0, 0.25, 0.05, key="keep_ratio",
-                             help="Share of each layer's input and output units kept.")
+    method = left.selectbox(
+        "Compressor",
+        COMPRESSION_METHODS,
+        index=0,
+        key="method",
+        help="`dropout` is the method; the others are baselines.",
+    )
+    mask = right.radio(
+        "Dropout mask",
+        ["energy", "uniform"],
+        horizontal=True,
+        key="mask",
+        disabled=method != "dropout",
+        help="`energy` keeps the busiest units; `uniform` draws them at random.",
+    )
+    keep_ratio = left.slider(
+        "Keep ratio",
+        0.05,
+        1.0,
+        0.25,
+        0.05,
+        key="keep_ratio",
+        help="Share of each layer's input and output units kept.",
+    )
     seed = right.number_input("Seed", 0, 2**31 - 1, 0, key="seed")
     return CompressionConfig(method=method, keep_ratio=keep_ratio, seed=int(seed), mask=mask)
 
@@ -39,11 +56,21 @@ def curvature_form() -> CurvatureConfig:
         ConfigError: When the values do not make a valid config.
     """
     left, right = st.columns(2)
-    kind = left.selectbox("Curvature", CURVATURE_KINDS, index=0, key="curvature",
-                          help="`auto`: one k×k Fisher when k is small, else per-layer blocks.")
+    kind = left.selectbox(
+        "Curvature",
+        CURVATURE_KINDS,
+        index=0,
+        key="curvature",
+        help="`auto`: one k×k Fisher when k is small, else per-layer blocks.",
+    )
     auto = right.checkbox("Automatic damping (0.1 · mean diagonal)", value=True, key="auto_damping")
-    damping = None if auto else right.number_input(
-        "Damping λ", min_value=1e-8, value=1e-3, format="%.2e", key="damping")
+    damping = (
+        None
+        if auto
+        else right.number_input(
+            "Damping λ", min_value=1e-8, value=1e-3, format="%.2e", key="damping"
+        )
+    )
     return CurvatureConfig(kind=kind, damping=damping)
 
 
@@ -53,17 +80,24 @@ def device_choice() -> str:
     return st.selectbox("Device", devices, index=0, key="device")
 
 
-def estimate_panel(context: ui.Context, compression: CompressionConfig) -> None:
+def estimate_panel(
+    context: ui.Context, compression: CompressionConfig, curvature: CurvatureConfig
+) -> None:
     """The resulting k, store size and a time estimate for the chosen config."""
     try:
-        estimate = ui.run_estimate(context, compression)
+        estimate = ui.run_estimate(context, compression, curvature)
     except DropinfError as error:
         ui.show_error(error)
         return
     cols = st.columns(3)
     cols[0].metric("Compressed dimension k", f"{estimate['k']:,}")
     cols[1].metric("Gradient store", ui.human_bytes(estimate["store_bytes"]))
-    cols[2].metric("Estimated time", ui.human_seconds(estimate["seconds"]))
+    cols[2].metric(
+        "Estimated time",
+        f"≈ {ui.human_seconds(estimate['seconds'])}",
+        help="A timed capture batch and the curvature algebra at this machine's "
+        "measured speed; on a busy machine it takes longer.",
+    )
 
 
 def start(request: runs.RunRequest, run_dir: Path) -> None:
@@ -76,6 +110,23 @@ def start(request: runs.RunRequest, run_dir: Path) -> None:
     ui.select_run(run_dir.name)
 
 
+PHASES = {
+    "calibrate": "Calibrating the energy masks",
+    "gradients": "Capturing the training gradients",
+    "curvature": "Fitting the curvature",
+    "self_influence": "Computing self-influence",
+    "test_scores": "Scoring the test set",
+    "done": "Finishing",
+}
+
+
+def progress_text(status: runs.JobStatus) -> str:
+    """The progress bar's label: the phase in words, and examples done when counted."""
+    phase = PHASES.get(status.phase, "Starting the job")
+    counted = status.total > 1
+    return f"{phase}: {status.done:,} / {status.total:,}" if counted else f"{phase}…"
+
+
 @st.fragment(run_every=1.0)
 def progress_panel(run_dir: Path) -> None:
     """Live progress of a run's job, with Cancel; reruns the page when the job ends."""
@@ -86,9 +137,7 @@ def progress_panel(run_dir: Path) -> None:
             st.rerun()
         return
     st.session_state["watching"] = run_dir.name
-    share = status.done / status.total if status.total else 0.0
-    st.progress(min(share, 1.0), text=f"{status.phase or status.state}: "
-                f"{status.done:,} / {status.total:,}")
+    st.progress(status.fraction, text=progress_text(status))
     cols = st.columns([1, 1, 1])
     speed = f"{status.examples_per_s:,.0f}" if status.examples_per_s else "—"
     cols[0].metric("Examples / s", speed)
@@ -103,8 +152,10 @@ def run_panel(request: runs.RunRequest, run_dir: Path) -> None:
     status = ui.job_runner().status(run_dir)
     st.caption(f"Run key `{run_dir.name}` (model + data + config, content-addressed)")
     if status.state == "complete":
-        st.success("This model, data and configuration already ran: its results are reused.",
-                   icon=":material/check_circle:")
+        st.success(
+            "This model, data and configuration already ran: its results are reused.",
+            icon=":material/check_circle:",
+        )
         if st.session_state.get(ui.RUN_KEY) != run_dir.name:
             ui.select_run(run_dir.name)
         st.page_link("pages/explore.py", label="Explore influence", icon=":material/search:")
@@ -137,9 +188,14 @@ if (context := ui.require_context()) is not None:
         compression = compression_form()
         curvature = curvature_form()
         device = device_choice()
-        estimate_panel(context, compression)
-        request = runs.RunRequest(checkpoint=Path(context.checkpoint), data_spec=context.data_spec,
-                                  compression=compression, curvature=curvature, device=device)
+        estimate_panel(context, compression, curvature)
+        request = runs.RunRequest(
+            checkpoint=Path(context.checkpoint),
+            data_spec=context.data_spec,
+            compression=compression,
+            curvature=curvature,
+            device=device,
+        )
         run_dir = runs.run_dir_for(request, loaded.sha256, bundle.fingerprint)
     except DropinfError as error:
         ui.show_error(error)

@@ -18,8 +18,12 @@ def test_candidates(bundle: DatasetBundle, meta: dict[str, np.ndarray], mode: st
     """The test indices the chosen mode offers."""
     labels, predictions = meta["label"], meta["prediction"]
     if mode == "By class":
-        label = st.selectbox("Class", range(bundle.num_classes), key="explore_class",
-                             format_func=lambda c: ui.class_name(bundle, c))
+        label = st.selectbox(
+            "Class",
+            range(bundle.num_classes),
+            key="explore_class",
+            format_func=lambda c: ui.class_name(bundle, c),
+        )
         return np.flatnonzero(labels == label).tolist()
     if mode == "Misclassified only":
         return np.flatnonzero(labels != predictions).tolist()
@@ -37,8 +41,13 @@ def choose_test_example(bundle: DatasetBundle, meta: dict[str, np.ndarray]) -> i
     wanted = ui.url_int("test", default=candidates[0])
     start = candidates.index(wanted) if wanted in candidates else 0
     describe = ui.example_describer(bundle, meta)
-    index = st.selectbox(f"Test example ({len(candidates):,} to choose from)", candidates,
-                         index=start, format_func=describe, key=f"explore_pick_{mode}")
+    index = st.selectbox(
+        f"Test example ({len(candidates):,} to choose from)",
+        candidates,
+        index=start,
+        format_func=describe,
+        key=f"explore_pick_{mode}",
+    )
     st.query_params["test"] = str(index)
     return int(index)
 
@@ -48,9 +57,12 @@ def example_panel(bundle: DatasetBundle, meta: dict[str, np.ndarray], index: int
     st.image(ui.thumbnail(bundle, "test", index), width=150, caption=f"test #{index}")
     label, prediction = int(meta["label"][index]), int(meta["prediction"][index])
     st.metric("True label", ui.class_name(bundle, label))
-    st.metric("Predicted", ui.class_name(bundle, prediction),
-              delta="correct" if label == prediction else "wrong",
-              delta_color="normal" if label == prediction else "inverse")
+    st.metric(
+        "Predicted",
+        ui.class_name(bundle, prediction),
+        delta="correct" if label == prediction else "wrong",
+        delta_color="normal" if label == prediction else "inverse",
+    )
     st.metric("Loss", f"{float(meta['loss'][index]):.3f}")
 
 
@@ -58,13 +70,22 @@ def influence_galleries(store: RunStore, bundle: DatasetBundle, row: np.ndarray)
     """Top-k proponents and opponents as thumbnail galleries."""
     top_k = st.slider("How many", 4, 24, 12, 4, key="explore_top_k")
     suspects = ui.suspect_mask(store)
-    for title, sign in (("Proponents (helped this prediction)", 1.0),
-                        ("Opponents (pushed against it)", -1.0)):
+    for title, sign in (
+        ("Proponents (helped this prediction)", 1.0),
+        ("Opponents (pushed against it)", -1.0),
+    ):
         st.markdown(f"**{title}**")
         table = ui.top_examples(store, row, top_k, sign)
         captions = [ui.train_caption(bundle, item, suspects) for item in table.itertuples()]
-        ui.gallery(bundle, "train", table["train_index"].tolist(), captions, columns=6,
-                   on_open=ui.open_train_detail, key=f"gallery{int(sign)}")
+        ui.gallery(
+            bundle,
+            "train",
+            table["train_index"].tolist(),
+            captions,
+            columns=6,
+            on_open=ui.open_train_detail,
+            key=f"gallery{int(sign)}",
+        )
 
 
 def train_detail(store: RunStore, bundle: DatasetBundle, scores: np.ndarray, index: int) -> None:
@@ -80,8 +101,10 @@ def train_detail(store: RunStore, bundle: DatasetBundle, scores: np.ndarray, ind
     with right:
         column = np.asarray(scores[:, index])  # (n_test,)
         test_meta = store.test_metadata()
-        for title, sign in (("Test examples it helps most", 1.0),
-                            ("Test examples it harms most", -1.0)):
+        for title, sign in (
+            ("Test examples it helps most", 1.0),
+            ("Test examples it harms most", -1.0),
+        ):
             st.markdown(f"**{title}**")
             top = views.top_influences(column, 6, opponents=sign < 0)  # rows are test examples
             order = top["train_index"].tolist()
@@ -112,8 +135,9 @@ def main() -> None:
     with right:
         influence_galleries(store, bundle, row)
     labels = store.train_metadata()["label"]
-    histogram = views.influence_histogram(row, labels, bundle.class_names, tail_k=12,
-                                          title="Influence of every training example")
+    histogram = views.influence_histogram(
+        row, labels, bundle.class_names, tail_k=12, title="Influence of every training example"
+    )
     st.plotly_chart(histogram, key="histogram")
     if (detail := st.session_state.get("train_detail")) is not None:
         train_detail(store, bundle, scores, int(detail))

@@ -36,8 +36,12 @@ def compute_panel(run_dir: Path) -> None:
     if status.state == "failed":
         st.error(f"The map job failed: {status.error}")
     st.info("This run's gradient map is not computed yet (a UMAP, computed once and cached).")
-    if st.button("Compute the gradient map", type="primary", key="compute_map",
-                 icon=":material/scatter_plot:"):
+    if st.button(
+        "Compute the gradient map",
+        type="primary",
+        key="compute_map",
+        icon=":material/scatter_plot:",
+    ):
         command = gradient_map.map_command(run_dir)
         try:
             ui.job_runner().start(command, run_dir, name=gradient_map.MAP_JOB, force=True)
@@ -67,13 +71,15 @@ def test_highlights(store: RunStore, overlay: bool) -> dict[str, list[int]]:
     row = np.asarray(store.test_scores()[test_index])  # (n_train,)
     return {
         f"proponents of test #{test_index}": views.top_influences(row, 20)["train_index"].tolist(),
-        f"opponents of test #{test_index}":
-            views.top_influences(row, 20, opponents=True)["train_index"].tolist(),
+        f"opponents of test #{test_index}": views.top_influences(row, 20, opponents=True)[
+            "train_index"
+        ].tolist(),
     }
 
 
-def map_figure(store: RunStore, bundle: DatasetBundle, coords: np.ndarray, colour: str,
-               overlay: bool) -> go.Figure:
+def map_figure(
+    store: RunStore, bundle: DatasetBundle, coords: np.ndarray, colour: str, overlay: bool
+) -> go.Figure:
     """The scatter plot, coloured and optionally ringed, in box-select mode."""
     meta = store.train_metadata()
     names = bundle.class_names if colour in COLOURS[:2] else None
@@ -97,22 +103,41 @@ def selection_panel(store: RunStore, bundle: DatasetBundle, ids: list[int]) -> N
     captions = [ui.train_caption_for(bundle, meta, i, suspects) for i in shown]
     ui.gallery(bundle, "train", shown, captions, columns=12)
     cols = st.columns([2, 2, 2, 3])
-    cols[0].button(f"Flag {len(ids):,} for review", icon=":material/flag:", key="flag_selected",
-                   on_click=ui.flag_for_review, args=(ids,), type="primary")
-    cols[1].button("Keep all", icon=":material/check:", key="keep_selected",
-                   on_click=ui.decide, args=(store.run_dir, ids, "keep"))
-    cols[2].button("Remove all", icon=":material/delete:", key="remove_selected",
-                   on_click=ui.decide, args=(store.run_dir, ids, "remove"))
+    cols[0].button(
+        f"Flag {len(ids):,} for review",
+        icon=":material/flag:",
+        key="flag_selected",
+        on_click=ui.flag_for_review,
+        args=(ids,),
+        type="primary",
+    )
+    cols[1].button(
+        "Keep all",
+        icon=":material/check:",
+        key="keep_selected",
+        on_click=ui.decide,
+        args=(store.run_dir, ids, "keep"),
+    )
+    cols[2].button(
+        "Remove all",
+        icon=":material/delete:",
+        key="remove_selected",
+        on_click=ui.decide,
+        args=(store.run_dir, ids, "remove"),
+    )
 
 
 def map_panel(store: RunStore, bundle: DatasetBundle, coords: np.ndarray) -> None:
     """The coloured scatter plot and what is selected on it."""
     left, right = st.columns([2, 1])
     colour = left.selectbox("Colour by", COLOURS, key="map_colour")
-    overlay = right.toggle("Ring the open test example's proponents / opponents",
-                           key="map_overlay")
-    event = st.plotly_chart(map_figure(store, bundle, coords, colour, overlay),
-                            on_select="rerun", selection_mode=("box", "lasso"), key="map_chart")
+    overlay = right.toggle("Ring the open test example's proponents / opponents", key="map_overlay")
+    event = st.plotly_chart(
+        map_figure(store, bundle, coords, colour, overlay),
+        on_select="rerun",
+        selection_mode=("box", "lasso"),
+        key="map_chart",
+    )
     ids = views.selected_ids(event)
     if ids:
         selection_panel(store, bundle, ids)

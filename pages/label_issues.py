@@ -28,18 +28,30 @@ def detection_panel(store: RunStore, bundle: DatasetBundle) -> None:
     noisy = bundle.noisy_mask
     scores = ui.mislabel_scores(store)
     ranking = next(iter(scores.values()))
-    with st.expander(f"Detection quality: {int(noisy.sum()):,} labels were flipped on purpose",
-                     expanded=True, icon=":material/target:"):
-        k = st.slider("Inspect the top k of the queue", 10, len(ranking),
-                      min(int(noisy.sum()), len(ranking)), 10, key="detect_k")
+    with st.expander(
+        f"Detection quality: {int(noisy.sum()):,} labels were flipped on purpose",
+        expanded=True,
+        icon=":material/target:",
+    ):
+        k = st.slider(
+            "Inspect the top k of the queue",
+            10,
+            len(ranking),
+            min(int(noisy.sum()), len(ranking)),
+            10,
+            key="detect_k",
+        )
         cols = st.columns(4)
         cols[0].metric("ROC AUC", f"{evaluate.roc_auc(ranking, noisy):.3f}")
         cols[1].metric(f"Precision @ {k}", f"{evaluate.precision_at_k(ranking, noisy, k):.1%}")
         cols[2].metric(f"Recall @ {k}", f"{evaluate.recall_at_k(ranking, noisy, k):.1%}")
         cols[3].metric("Your decisions on flipped labels", reviewed_share(store, bundle))
-        st.plotly_chart(views.detection_curve_figure(scores, noisy, title="Flipped labels found "
-                                                     "per share of the training set inspected"),
-                        key="detection")
+        st.plotly_chart(
+            views.detection_curve_figure(
+                scores, noisy, title="Flipped labels found per share of the training set inspected"
+            ),
+            key="detection",
+        )
 
 
 def reviewed_share(store: RunStore, bundle: DatasetBundle) -> str:
@@ -52,11 +64,18 @@ def reviewed_share(store: RunStore, bundle: DatasetBundle) -> str:
 def choose_item(pending: pd.DataFrame, bundle: DatasetBundle) -> pd.Series:
     """The queue item to review: the most suspicious pending one unless another is picked."""
     top = pending.head(QUEUE_CHOICES)
-    names = {int(r.train_index): f"rank {int(r.rank)} · train #{int(r.train_index)} · given "
-             f"{ui.class_name(bundle, r.given_label)}, predicted "
-             f"{ui.class_name(bundle, r.predicted_label)}" for r in top.itertuples()}
-    index = st.selectbox(f"Review ({len(pending):,} pending, most suspicious first)",
-                         list(names), format_func=names.get, key="queue_pick")
+    names = {
+        int(r.train_index): f"rank {int(r.rank)} · train #{int(r.train_index)} · given "
+        f"{ui.class_name(bundle, r.given_label)}, predicted "
+        f"{ui.class_name(bundle, r.predicted_label)}"
+        for r in top.itertuples()
+    }
+    index = st.selectbox(
+        f"Review ({len(pending):,} pending, most suspicious first)",
+        list(names),
+        format_func=names.get,
+        key="queue_pick",
+    )
     return top[top["train_index"] == index].iloc[0]
 
 
@@ -74,31 +93,67 @@ def item_card(store: RunStore, context: ui.Context, bundle: DatasetBundle, item:
         cols[0].metric("Suggested", ui.class_name(bundle, suggested))
         cols[1].metric("Rank", f"{int(item['rank']):,}")
     with right:
-        st.markdown("**Its strongest proponents** (training examples whose up-weighting helps "
-                    "its given label most)")
+        st.markdown(
+            "**Its strongest proponents** (training examples whose up-weighting helps "
+            "its given label most)"
+        )
         suspects = ui.suspect_mask(store)
         captions = [ui.train_caption(bundle, row, suspects) for row in proponents.itertuples()]
-        ui.gallery(bundle, "train", proponents["train_index"].tolist(), captions,
-                   columns=PROPONENTS_SHOWN)
+        ui.gallery(
+            bundle, "train", proponents["train_index"].tolist(), captions, columns=PROPONENTS_SHOWN
+        )
         actions(store.run_dir, bundle, index, suggested)
 
 
 def actions(run_dir: Path, bundle: DatasetBundle, index: int, suggested: int) -> None:
     """Keep / relabel / remove buttons with keyboard shortcuts (K, L, X) and undo."""
     classes = list(range(bundle.num_classes))
-    new_label = st.selectbox("Relabel as", classes, index=classes.index(suggested),
-                             format_func=lambda c: ui.class_name(bundle, c), key=f"new_{index}")
+    new_label = st.selectbox(
+        "Relabel as",
+        classes,
+        index=classes.index(suggested),
+        format_func=lambda c: ui.class_name(bundle, c),
+        key=f"new_{index}",
+    )
     cols = st.columns([1, 1, 1, 1])
-    cols[0].button("Keep", key="keep", shortcut="K", icon=":material/check:", width="stretch",
-                   on_click=ui.decide, args=(run_dir, [index], "keep"))
-    cols[1].button("Relabel", key="relabel", shortcut="L", icon=":material/edit:", type="primary",
-                   width="stretch", on_click=ui.decide,
-                   args=(run_dir, [index], "relabel", int(new_label)))
-    cols[2].button("Remove", key="remove", shortcut="X", icon=":material/delete:",
-                   width="stretch", on_click=ui.decide, args=(run_dir, [index], "remove"))
-    cols[3].button("Undo", key="undo", shortcut="U", icon=":material/undo:", width="stretch",
-                   on_click=ui.undo_last_decision, args=(run_dir,),
-                   disabled="last_decision" not in st.session_state)
+    cols[0].button(
+        "Keep",
+        key="keep",
+        shortcut="K",
+        icon=":material/check:",
+        width="stretch",
+        on_click=ui.decide,
+        args=(run_dir, [index], "keep"),
+    )
+    cols[1].button(
+        "Relabel",
+        key="relabel",
+        shortcut="L",
+        icon=":material/edit:",
+        type="primary",
+        width="stretch",
+        on_click=ui.decide,
+        args=(run_dir, [index], "relabel", int(new_label)),
+    )
+    cols[2].button(
+        "Remove",
+        key="remove",
+        shortcut="X",
+        icon=":material/delete:",
+        width="stretch",
+        on_click=ui.decide,
+        args=(run_dir, [index], "remove"),
+    )
+    cols[3].button(
+        "Undo",
+        key="undo",
+        shortcut="U",
+        icon=":material/undo:",
+        width="stretch",
+        on_click=ui.undo_last_decision,
+        args=(run_dir,),
+        disabled="last_decision" not in st.session_state,
+    )
     st.caption("Keyboard: **K** keep · **L** relabel · **X** remove · **U** undo")
 
 
@@ -110,21 +165,42 @@ def export_panel(store: RunStore, bundle: DatasetBundle) -> None:
         st.caption("No decisions yet.")
         return
     meta = store.train_metadata()
-    csv = review.export_csv(decisions, meta["label"], bundle.class_names, meta["prediction"],
-                            store.self_influence())
+    csv = review.export_csv(
+        decisions, meta["label"], bundle.class_names, meta["prediction"], store.self_influence()
+    )
     st.dataframe(pd.read_csv(io.BytesIO(csv)), hide_index=True, height=180)
     cols = st.columns([1, 1, 4])
-    cols[0].download_button("Export CSV", csv, "decisions.csv", "text/csv", key="export_csv",
-                            icon=":material/download:")
-    cols[1].download_button("Export JSON", review.export_json(decisions), "decisions.json",
-                            "application/json", key="export_json", icon=":material/download:")
+    cols[0].download_button(
+        "Export CSV", csv, "decisions.csv", "text/csv", key="export_csv", icon=":material/download:"
+    )
+    cols[1].download_button(
+        "Export JSON",
+        review.export_json(decisions),
+        "decisions.json",
+        "application/json",
+        key="export_json",
+        icon=":material/download:",
+    )
 
 
 def retrain_command(context: ui.Context, run_dir: Path) -> list[str]:
     """The CLI command retraining with the decisions applied, over several seeds."""
-    return [sys.executable, "-m", "dropinf", "retrain", "--model", context.checkpoint,
-            "--data", context.data_spec, "--decisions", str(review.decisions_path(run_dir)),
-            "--seeds", str(RETRAIN_SEEDS), "--out", str(ui.retrain_report_path(run_dir))]
+    return [
+        sys.executable,
+        "-m",
+        "dropinf",
+        "retrain",
+        "--model",
+        context.checkpoint,
+        "--data",
+        context.data_spec,
+        "--decisions",
+        str(review.decisions_path(run_dir)),
+        "--seeds",
+        str(RETRAIN_SEEDS),
+        "--out",
+        str(ui.retrain_report_path(run_dir)),
+    ]
 
 
 @st.fragment(run_every=1.0)
@@ -142,11 +218,16 @@ def report_panel(report: dict) -> None:
     before, after = summary["before_accuracy"], summary["after_accuracy"]
     cols = st.columns(3)
     cols[0].metric("Test accuracy before", f"{before['mean']:.2%} ± {before['std']:.2%}")
-    cols[1].metric("Test accuracy after", f"{after['mean']:.2%} ± {after['std']:.2%}",
-                   delta=f"{after['mean'] - before['mean']:+.2%}")
+    cols[1].metric(
+        "Test accuracy after",
+        f"{after['mean']:.2%} ± {after['std']:.2%}",
+        delta=f"{after['mean'] - before['mean']:+.2%}",
+    )
     cols[2].metric("Removed / relabelled", f"{report['n_removed']} / {report['n_relabeled']}")
-    st.plotly_chart(views.before_after_figure(report["before_accuracy"], report["after_accuracy"]),
-                    key="before_after")
+    st.plotly_chart(
+        views.before_after_figure(report["before_accuracy"], report["after_accuracy"]),
+        key="before_after",
+    )
 
 
 def verify_panel(context: ui.Context, run_dir: Path) -> None:
@@ -160,11 +241,16 @@ def verify_panel(context: ui.Context, run_dir: Path) -> None:
         st.error(f"Retraining failed: {status.error}")
     if (report := ui.read_retrain_report(run_dir)) is not None:
         report_panel(report)
-    if st.button(f"Retrain with the decisions ({RETRAIN_SEEDS} seeds)", key="retrain",
-                 icon=":material/model_training:", disabled=not ui.load_decisions(run_dir)):
+    if st.button(
+        f"Retrain with the decisions ({RETRAIN_SEEDS} seeds)",
+        key="retrain",
+        icon=":material/model_training:",
+        disabled=not ui.load_decisions(run_dir),
+    ):
         try:
-            ui.job_runner().start(retrain_command(context, run_dir), run_dir, name=RETRAIN_JOB,
-                                  force=True)
+            ui.job_runner().start(
+                retrain_command(context, run_dir), run_dir, name=RETRAIN_JOB, force=True
+            )
         except DropinfError as error:
             ui.show_error(error)
             return

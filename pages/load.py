@@ -68,14 +68,17 @@ def demo_panel() -> None:
 
 def checkpoint_input() -> Path | None:
     """The checkpoint widgets (upload or server path); its path once given, else None."""
-    source = st.radio("Checkpoint", ["Upload", "Path on the server"], horizontal=True,
-                      key="ckpt_source")
+    source = st.radio(
+        "Checkpoint", ["Upload", "Path on the server"], horizontal=True, key="ckpt_source"
+    )
     if source == "Upload":
-        upload = st.file_uploader("Checkpoint (.safetensors or .pt)", type=["safetensors", "pt"],
-                                  key="ckpt_upload")
+        upload = st.file_uploader(
+            "Checkpoint (.safetensors or .pt)", type=["safetensors", "pt"], key="ckpt_upload"
+        )
         return save_upload(upload) if upload is not None else None
-    text = st.text_input("Checkpoint path", help=f"Relative to the data root {data_root()}",
-                         key="ckpt_path")
+    text = st.text_input(
+        "Checkpoint path", help=f"Relative to the data root {data_root()}", key="ckpt_path"
+    )
     return server_path(text) if text.strip() else None
 
 
@@ -106,8 +109,12 @@ def own_model_panel() -> None:
     except (DropinfError, json.JSONDecodeError) as error:
         ui.show_error(error)
         return
-    if st.button("Load model and data", type="primary", key="load_own",
-                 disabled=checkpoint is None or not spec):
+    if st.button(
+        "Load model and data",
+        type="primary",
+        key="load_own",
+        disabled=checkpoint is None or not spec,
+    ):
         context = ui.Context(
             checkpoint=str(checkpoint),
             data_spec=spec,
@@ -133,13 +140,16 @@ def summary(context: ui.Context) -> None:
         ui.show_error(error)
         return
     st.subheader("Loaded")
-    st.caption(f"`{loaded.arch}` from `{loaded.path}` · dataset `{bundle.spec}`")
+    st.caption(
+        f"`{loaded.arch}` from `{loaded.path}` · dataset `{bundle.spec}` with "
+        f"{len(bundle.train):,} training and {len(bundle.test):,} test examples"
+    )
     cols = st.columns(5)
     cols[0].metric("Parameters", f"{facts['parameters']:,}")
     cols[1].metric("Capturable layers", len(facts["layers"]))
     cols[2].metric("Train accuracy", f"{facts['train_accuracy']:.1%}")
     cols[3].metric("Test accuracy", f"{facts['test_accuracy']:.1%}")
-    cols[4].metric("Train / test", f"{len(bundle.train):,} / {len(bundle.test):,}")
+    cols[4].metric("Classes", bundle.num_classes)
     left, right = st.columns([3, 2])
     with left:
         st.markdown("**Class balance (training set, given labels)**")
