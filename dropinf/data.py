@@ -116,8 +116,9 @@ class DatasetBundle:
             index: Example index within that split.
 
         Returns:
-            uint8 (H, W) for one channel, (H, W, 3) for three; vectors of square length are
-            shown as a square, others as a one-row strip.
+            uint8 (H, W) for one or two channels (the first is shown), (H, W, 3) for three or
+            more (the first three); vectors of square length are shown as a square, others as a
+            one-row strip. Values in [0, 1] map to 0..255, other ranges are min-max scaled.
 
         Raises:
             DatasetError: Unknown split.
@@ -184,7 +185,7 @@ def _to_thumbnail(example: np.ndarray) -> np.ndarray:
         side = math.isqrt(example.size)
         example = example.reshape(side, side) if side * side == example.size else example[None]
     elif example.ndim == 3:
-        example = example[0] if example.shape[0] == 1 else np.moveaxis(example[:3], 0, -1)
+        example = example[0] if example.shape[0] < 3 else np.moveaxis(example[:3], 0, -1)
     low, high = float(example.min()), float(example.max())
     if low >= 0.0 and high <= 1.0:
         scaled = example

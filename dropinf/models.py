@@ -603,7 +603,7 @@ def check_model_fits_data(model: nn.Module, bundle: DatasetBundle) -> None:
     try:
         with torch.no_grad():
             logits = model(example)
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:
         raise DataModelMismatchError(
             f"the model cannot take inputs of shape {bundle.input_shape} from {bundle.name!r}: "
             f"{str(error).splitlines()[0]}"

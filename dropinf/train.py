@@ -8,6 +8,7 @@ overhead). The optimiser is AdamW.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -263,7 +264,7 @@ def save_trained(
         "data_spec": bundle.spec,
         "data_fingerprint": bundle.fingerprint,
     }
-    return save_checkpoint(path, result.model.cpu(), result.arch, result.arch_args, extra=extra)
+    return save_checkpoint(path, result.model, result.arch, result.arch_args, extra=extra)
 
 
 # ---------------------------------------------------------------- demo
@@ -271,7 +272,8 @@ def save_trained(
 
 def demo_checkpoint_path() -> Path:
     """Where the demo checkpoint lives; the name changes with the demo recipe and data spec."""
-    key = json.dumps({"recipe": DEMO_RECIPE.to_dict(), "data": DEMO_DATA_SPEC}, sort_keys=True)
+    recipe = {"recipe": DEMO_RECIPE.to_dict(), "data": DEMO_DATA_SPEC, "threads": 1}
+    key = json.dumps(recipe, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return paths.demo_dir() / f"demo-small_cnn-digits-{digest}.safetensors"
 
@@ -279,9 +281,9 @@ def demo_checkpoint_path() -> Path:
 def ensure_demo_checkpoint(progress: bool = True) -> Path:
     """The demo checkpoint (small_cnn on digits with 10% symmetric noise), trained on first use.
 
-    Training is deterministic, so a deleted checkpoint comes back identical. The checkpoint is
-    written atomically after its sidecar; a checkpoint is taken as complete only when both exist
-    and it loads.
+    Training is deterministic (one CPU thread, fixed seed), so a deleted checkpoint comes back
+    byte-identical. The checkpoint is written atomically after its sidecar; a checkpoint is taken
+    as complete only when both exist and it loads.
 
     Args:
         progress: Show a tqdm bar while training.
@@ -293,8 +295,24 @@ def ensure_demo_checkpoint(progress: bool = True) -> Path:
     if _is_complete_checkpoint(path):
         return path
     bundle = load_data(DEMO_DATA_SPEC)
-    result = train_model(DEMO_RECIPE, bundle, device="cpu", progress=progress)
+    with torch_threads(1):
+        result = train_model(DEMO_RECIPE, bundle, device="cpu", progress=progress)
     return save_trained(path, result, DEMO_RECIPE, bundle)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` intra-op CPU threads, restoring the previous count after.
+
+    The demo trains on one thread: float sums then do not depend on the machine's core count, so
+    every machine writes the same bytes, and a busy machine does not slow it by oversubscription.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _is_complete_checkpoint(path: Path) -> bool:
