@@ -709,3 +709,48 @@ def flagged_first(queue: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     position = {index: order for order, index in enumerate(ids)}
     keys = queue["train_index"].map(lambda i: position.get(int(i), len(ids)))
     return queue.iloc[np.argsort(keys.to_numpy(), kind="stable")]
+
+
+def image_to_inputs(bundle: data.DatasetBundle, content: bytes) -> Any:
+    """An uploaded picture as a one-example input batch in the dataset's format.
+
+    Image datasets hold (C, H, W) float32 pixels in [0, 1] (the loaders divide uint8 by 255), so
+    the picture is converted to grey or RGB, resized to (H, W) and scaled the same way.
+
+    Raises:
+        DatasetError: When the bytes are not a picture or the dataset is not made of images.
+    """
+    import io
+
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from dropinf.errors import DatasetError
+
+    if len(bundle.input_shape) != 3 or bundle.input_shape[0] not in (1, 3):
+        raise DatasetError(f"expected an image dataset (C, H, W); found {bundle.input_shape}")
+    channels, height, width = bundle.input_shape
+    try:
+        image = Image.open(io.BytesIO(content)).convert("L" if channels == 1 else "RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise DatasetError(f"expected a PNG / JPEG / BMP picture; {error}") from None
+    pixels = np.asarray(image.resize((width, height)), dtype=np.float32) / 255.0
+    pixels = pixels[None] if channels == 1 else np.moveaxis(pixels, -1, 0)  # (C, H, W)
+    return torch.from_numpy(np.ascontiguousarray(pixels))[None]  # (1, C, H, W)
+
+
+def predict(context: Context, inputs: Any) -> int:
+    """The model's predicted class of a one-example batch."""
+    import torch
+
+    loaded, _ = load_context(context)
+    with torch.no_grad():
+        return int(loaded.model(inputs).argmax(dim=1)[0])
+
+
+def query_scores(run_dir: str, context: Context, inputs: Any, label: int) -> np.ndarray:
+    """(n_train,) influence of every training example on a new example (a run query)."""
+    import torch
+
+    batch = (inputs, torch.tensor([label], dtype=torch.int64))
+    return influence_engine(run_dir, context).query(batch)[0].numpy()

@@ -11,7 +11,7 @@ from dropinf.errors import DropinfError
 from dropinf.store import RunStore
 from pages import _shared as ui
 
-MODES = ["By index", "By class", "Misclassified only"]
+MODES = ["By index", "By class", "Misclassified only", "Upload an image"]
 
 
 def test_candidates(bundle: DatasetBundle, meta: dict[str, np.ndarray], mode: str) -> list[int]:
@@ -30,10 +30,10 @@ def test_candidates(bundle: DatasetBundle, meta: dict[str, np.ndarray], mode: st
     return list(range(len(labels)))
 
 
-def choose_test_example(bundle: DatasetBundle, meta: dict[str, np.ndarray]) -> int | None:
-    """The selection widgets; the chosen index is mirrored in the URL (``?test=``)."""
-    mode = st.segmented_control("Choose by", MODES, default=MODES[0], key="explore_mode")
-    mode = mode or MODES[0]
+def choose_test_example(
+    bundle: DatasetBundle, meta: dict[str, np.ndarray], mode: str
+) -> int | None:
+    """The selection widgets of a mode; the chosen index is mirrored in the URL (``?test=``)."""
     candidates = test_candidates(bundle, meta, mode)
     if not candidates:
         st.info("No test example matches.")
@@ -113,6 +113,44 @@ def train_detail(store: RunStore, bundle: DatasetBundle, scores: np.ndarray, ind
     st.button("Close", key="close_detail", on_click=ui.open_train_detail, args=(None,))
 
 
+def histogram(store: RunStore, bundle: DatasetBundle, row: np.ndarray) -> None:
+    """The influence histogram of every training example on one (test) example."""
+    labels = store.train_metadata()["label"]
+    figure = views.influence_histogram(
+        row, labels, bundle.class_names, tail_k=12, title="Influence of every training example"
+    )
+    st.plotly_chart(figure, key="histogram")
+
+
+def uploaded_example(store: RunStore, context: ui.Context, bundle: DatasetBundle) -> None:
+    """Score an uploaded picture against the stored run (a query; nothing is refitted)."""
+    upload = st.file_uploader("A picture", type=["png", "jpg", "jpeg", "bmp"], key="upload_test")
+    if upload is None:
+        st.caption(f"It is converted to the dataset's input shape {bundle.input_shape}.")
+        return
+    try:
+        inputs = ui.image_to_inputs(bundle, upload.getvalue())
+        prediction = ui.predict(context, inputs)
+    except DropinfError as error:
+        ui.show_error(error)
+        return
+    left, right = st.columns([1, 4], gap="large")
+    with left:
+        st.image(upload.getvalue(), width=150, caption=upload.name)
+        st.metric("Predicted", ui.class_name(bundle, prediction))
+        label = st.selectbox(
+            "Its label",
+            range(bundle.num_classes),
+            index=prediction,
+            format_func=lambda c: ui.class_name(bundle, c),
+            key="upload_label",
+        )
+    row = ui.query_scores(str(store.run_dir), context, inputs, int(label))
+    with right:
+        influence_galleries(store, bundle, row)
+    histogram(store, bundle, row)
+
+
 def main() -> None:
     """The page: choose, show, galleries, histogram, detail."""
     st.title("Explore a test example")
@@ -125,20 +163,17 @@ def main() -> None:
     except DropinfError as error:
         ui.show_error(error)
         return
-    index = choose_test_example(bundle, meta)
-    if index is None:
-        return
-    row = np.asarray(scores[index])  # (n_train,)
-    left, right = st.columns([1, 4], gap="large")
-    with left:
-        example_panel(bundle, meta, index)
-    with right:
-        influence_galleries(store, bundle, row)
-    labels = store.train_metadata()["label"]
-    histogram = views.influence_histogram(
-        row, labels, bundle.class_names, tail_k=12, title="Influence of every training example"
-    )
-    st.plotly_chart(histogram, key="histogram")
+    mode = st.segmented_control("Choose by", MODES, default=MODES[0], key="explore_mode")
+    if mode == "Upload an image":
+        uploaded_example(store, context, bundle)
+    elif (index := choose_test_example(bundle, meta, mode or MODES[0])) is not None:
+        row = np.asarray(scores[index])  # (n_train,)
+        left, right = st.columns([1, 4], gap="large")
+        with left:
+            example_panel(bundle, meta, index)
+        with right:
+            influence_galleries(store, bundle, row)
+        histogram(store, bundle, row)
     if (detail := st.session_state.get("train_detail")) is not None:
         train_detail(store, bundle, scores, int(detail))
 

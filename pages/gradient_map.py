@@ -101,7 +101,7 @@ def selection_panel(store: RunStore, bundle: DatasetBundle, ids: list[int]) -> N
     suspects = ui.suspect_mask(store)
     shown = ids[:MAX_SHOWN]
     captions = [ui.train_caption_for(bundle, meta, i, suspects) for i in shown]
-    ui.gallery(bundle, "train", shown, captions, columns=12)
+    ui.gallery(bundle, "train", shown, captions, columns=9)
     cols = st.columns([2, 2, 2, 3])
     cols[0].button(
         f"Flag {len(ids):,} for review",
@@ -131,7 +131,7 @@ def map_panel(store: RunStore, bundle: DatasetBundle, coords: np.ndarray) -> Non
     """The coloured scatter plot and what is selected on it."""
     left, right = st.columns([2, 1])
     colour = left.selectbox("Colour by", COLOURS, key="map_colour")
-    overlay = right.toggle("Ring the open test example's proponents / opponents", key="map_overlay")
+    overlay = right.toggle("Ring the test example's top influences", key="map_overlay")
     event = st.plotly_chart(
         map_figure(store, bundle, coords, colour, overlay),
         on_select="rerun",

@@ -152,6 +152,21 @@ def test_explore_choose_and_open_detail(computed_app: AppTest) -> None:
 
 
 @pytest.mark.slow
+def test_an_uploaded_picture_is_scored_by_a_query(computed_app: AppTest) -> None:
+    from dropinf import data, views
+
+    picture = views.thumbnail_png(data.load_data("digits").thumbnail("test", 3))
+    at = open_page(computed_app, "pages/explore.py")
+    at.segmented_control(key="explore_mode").set_value("Upload an image").run()
+    at.file_uploader(key="upload_test").upload("digit.png", picture, "image/png").run()
+    assert_clean(at)
+    assert any(m.label == "Predicted" for m in at.metric)
+    assert sum(1 for b in at.button if b.key and b.key.startswith("gallery")) >= 8
+    at.segmented_control(key="explore_mode").set_value("By index").run()
+    assert_clean(at)
+
+
+@pytest.mark.slow
 def test_deep_link_reopens_the_view(computed_app: AppTest, home: Path) -> None:
     key = run_dir_of(computed_app, home).name
     at = open_page(new_app({"run": key, "test": "7"}), "pages/explore.py")
