@@ -179,6 +179,11 @@ class MaskCompressor(LayerCompressor):
         super().__init__(spec, keep_ratio)
         self.input_index = input_index
         self.output_index = output_index
+        if input_index is not None:  # the masks, not the ratio, decide the kept block's shape
+            self.k_in = len(input_index) * spec.patch
+            self.k_out = len(output_index) if output_index is not None else 0
+            bias = self.k_out if spec.has_bias else 0
+            self.k = self.k_out * self.k_in + bias if spec.is_factored else len(input_index)
 
     def compress_factored(
         self, inputs: torch.Tensor, output_grads: torch.Tensor
@@ -287,17 +292,43 @@ def mask_indices(
     keep_ratio: float,
     generator: torch.Generator,
     energy: UnitEnergy | None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Input and output unit subsets of a ``dropout`` layer (uniform, or top energy if given)."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Input and output unit subsets of a ``dropout`` layer (uniform, or by energy if given)."""
     kept_in = kept_units(spec.in_units, keep_ratio)
     kept_out = kept_units(spec.out_units, keep_ratio) if spec.is_factored else 0
     if energy is None:
         input_index = random_subset(spec.in_units, kept_in, generator)
         output_index = random_subset(spec.out_units, kept_out, generator) if kept_out else None
-    else:
-        input_index = top_energy_subset(energy.inputs, kept_in)
-        output_index = top_energy_subset(energy.outputs, kept_out) if kept_out else None
-    return input_index, output_index
+        return input_index, output_index
+    if not spec.is_factored:
+        return top_energy_subset(energy.inputs, kept_in), None
+    kept_out, kept_in = energy_split(energy, kept_out * kept_in)
+    return top_energy_subset(energy.inputs, kept_in), top_energy_subset(energy.outputs, kept_out)
+
+
+def energy_split(energy: UnitEnergy, budget: int) -> tuple[int, int]:
+    """The (kept outputs, kept inputs) with product at most ``budget`` keeping most energy.
+
+    A coordinate (o, i) of the weight gradient carries about ``E_out[o] · E_in[i]`` of energy,
+    so a kept block's share is the product of the kept shares of output and input energy. The
+    square split of uniform dropout is one candidate; when a few output units hold most of the
+    energy (a classifier's last layer), taller blocks keep more of it in the same k.
+    """
+    out_share = sorted_energy_share(energy.outputs)  # (d_out,) share kept by the top 1, 2, ...
+    in_share = sorted_energy_share(energy.inputs)
+    kept_out = torch.arange(1, len(out_share) + 1)
+    kept_in = torch.clamp(budget // kept_out, max=len(in_share))
+    feasible = kept_in >= 1
+    captured = torch.where(feasible, out_share * in_share[(kept_in - 1).clamp(min=0)], -1.0)
+    best = int(torch.argmax(captured))
+    return int(kept_out[best]), int(kept_in[best])
+
+
+def sorted_energy_share(energy: torch.Tensor) -> torch.Tensor:
+    """Share of the total energy held by the top 1, 2, ... units (float64)."""
+    ordered = energy.double().sort(descending=True).values
+    total = ordered.sum()
+    return ordered.cumsum(0) / total if total > 0 else torch.linspace(0, 1, len(ordered) + 1)[1:]
 
 
 def build_compressor(
