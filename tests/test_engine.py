@@ -341,3 +341,16 @@ def test_phase_timings_are_recorded() -> None:
     timings = engine.fit(make_data("mlp", 12, 20)).store.read_manifest()["timings"]
     assert set(timings) == {"calibration", "gradients", "curvature", "self_influence"}
     assert all(seconds >= 0 for seconds in timings.values())
+
+
+def test_energy_split_keeps_the_block_with_most_energy() -> None:
+    from dropinf.compress import UnitEnergy, energy_split
+
+    flat_outputs = UnitEnergy(inputs=torch.ones(8), outputs=torch.ones(8))
+    assert energy_split(flat_outputs, budget=16) in {(2, 8), (4, 4), (8, 2)}
+    one_hot_output = UnitEnergy(inputs=torch.ones(8), outputs=torch.tensor([9.0] + [0.0] * 7))
+    assert energy_split(one_hot_output, budget=16) == (1, 8)
+    concentrated_inputs = UnitEnergy(
+        inputs=torch.tensor([5.0, 5.0] + [0.0] * 6), outputs=torch.ones(8)
+    )
+    assert energy_split(concentrated_inputs, budget=16) == (8, 2)
