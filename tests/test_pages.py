@@ -191,6 +191,15 @@ def test_label_issues_relabel_persists_and_exports(computed_app: AppTest, home: 
 
 
 @pytest.mark.slow
+def test_retrain_reports_before_and_after(computed_app: AppTest) -> None:
+    at = open_page(computed_app, "pages/label_issues.py")
+    at.button(key="retrain").click().run()
+    assert_clean(at)
+    labels = {m.label for m in at.metric}
+    assert {"Test accuracy before", "Test accuracy after"} <= labels, [e.value for e in at.error]
+
+
+@pytest.mark.slow
 def test_gradient_map_computes_in_a_job(computed_app: AppTest) -> None:
     at = open_page(computed_app, "pages/gradient_map.py")
     at.button(key="compute_map").click().run()
