@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dropinf import models, paths
+from dropinf import data, models, paths
 from dropinf.errors import ConfigError, DropinfError
 from pages import _shared as ui
 
@@ -83,7 +83,12 @@ def checkpoint_input() -> Path | None:
 
 
 def dataset_input() -> str:
-    """The dataset spec widget: a builtin spec or a path under the data root."""
+    """The dataset spec widget: the builtin digits, or a path under the data root (+ options).
+
+    Raises:
+        DatasetError: A malformed spec.
+        ConfigError: A path outside the data root, or missing.
+    """
     text = st.text_input(
         "Dataset",
         value="digits",
@@ -91,10 +96,13 @@ def dataset_input() -> str:
         help="A spec such as `digits:noise=0.1,seed=0`, or a path under the data root to an "
         ".npz file, an image folder or cifar-10-batches-py/.",
     )
-    text = text.strip()
-    if text and not text.startswith("digits") and not Path(text).is_absolute():
-        return str(server_path(text))
-    return text
+    if not text.strip():
+        return ""
+    source, _ = data.parse_spec(text)
+    if source == "digits":
+        return text.strip()
+    options = text.strip()[len(source) :]  # ":noise=0.1,..." or ""
+    return f"{server_path(source)}{options}"
 
 
 def own_model_panel() -> None:

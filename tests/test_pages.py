@@ -74,10 +74,14 @@ def test_bad_checkpoint_path_shows_the_message(home: Path) -> None:
     assert any("none at" in e.value for e in at.error), [e.value for e in at.error]
 
 
-def test_path_outside_the_data_root_is_refused(home: Path) -> None:
+@pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/passwd"])
+def test_paths_outside_the_data_root_are_refused(home: Path, path: str) -> None:
     at = new_app()
     at.radio(key="ckpt_source").set_value("Path on the server").run()
-    at.text_input(key="ckpt_path").input("../../etc/passwd").run()
+    at.text_input(key="ckpt_path").input(path).run()
+    assert any("inside the data root" in e.value for e in at.error)
+    at.text_input(key="ckpt_path").input("").run()
+    at.text_input(key="data_spec").input(f"{path}:noise=0.1").run()
     assert any("inside the data root" in e.value for e in at.error)
 
 
