@@ -139,7 +139,11 @@ class GradientCapture:
         return sum(compressor.k for compressor in self.compressors)
 
     def capture(
-        self, loss_fn: LossFn, batch: Sequence[torch.Tensor], dtype: torch.dtype | None = None
+        self,
+        loss_fn: LossFn,
+        batch: Sequence[torch.Tensor],
+        dtype: torch.dtype | None = None,
+        out: torch.Tensor | None = None,
     ) -> CapturedBatch:
         """Compressed per-sample gradients of one batch.
 
@@ -148,6 +152,8 @@ class GradientCapture:
             batch: The batch, on the model's device.
             dtype: dtype of the returned gradients (default: the losses' dtype); each layer's
                 block is converted while it is copied into place.
+            out: A (B, k) tensor to write the gradients into (e.g. a view of a memmapped
+                shard), instead of a new one; its dtype wins over ``dtype``.
 
         Raises:
             NonFiniteError: A per-sample loss is NaN or infinite.
@@ -156,7 +162,9 @@ class GradientCapture:
         output_grads = self._output_grads(losses, calls)
         parts = self._compress_factored(calls, output_grads, batch_size=losses.shape[0])
         parts += self._compress_flat(loss_fn, batch)
-        gradients = losses.new_empty(losses.shape[0], self.k, dtype=dtype or losses.dtype)
+        if out is None:
+            out = losses.new_empty(losses.shape[0], self.k, dtype=dtype or losses.dtype)
+        gradients = out
         start = 0
         for part in parts:
             check_representable(part, gradients.dtype)

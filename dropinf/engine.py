@@ -33,7 +33,7 @@ from dropinf.compress import (
 from dropinf.config import CompressionConfig, CurvatureConfig
 from dropinf.curvature import Curvature, fit_curvature
 from dropinf.errors import IncompleteRunError, RunConfigMismatchError
-from dropinf.store import RunStore, now_iso
+from dropinf.store import GradientWriter, RunStore, now_iso
 
 SHARD_BYTES = 64 * 2**20
 PROGRESS_INTERVAL = 0.5
@@ -308,7 +308,7 @@ class InfluenceEngine:
             for position, spec in enumerate(self.layout.specs)
         ]
         self.capture = self._make_capture(compressors)
-        self._save_compressors(compressors)
+        self._save_compressors(compressors, batch_size)
 
     def _calibrate(self, train_dataset: Dataset, batch_size: int) -> list[UnitEnergy]:
         """Unit energies over the first ``calibration_batches`` training batches."""
@@ -336,7 +336,7 @@ class InfluenceEngine:
         moved = [compressor.to(self.device) for compressor in compressors]
         return GradientCapture(self.model, self.layout, moved)
 
-    def _save_compressors(self, compressors: list[LayerCompressor]) -> None:
+    def _save_compressors(self, compressors: list[LayerCompressor], batch_size: int) -> None:
         tensors = {
             f"{position}.{name}": value
             for position, compressor in enumerate(compressors)
@@ -349,7 +349,8 @@ class InfluenceEngine:
         ]
         k = sum(c.k for c in compressors)
         itemsize = torch.empty(0, dtype=self.store_dtype).element_size()
-        shard_rows = self.shard_rows or max(1, SHARD_BYTES // (k * itemsize))
+        whole_batches = SHARD_BYTES // (k * itemsize) // batch_size  # batches never straddle
+        shard_rows = self.shard_rows or batch_size * max(1, whole_batches)
         self.store.update_manifest(layers=layers, k=k, shard_rows=shard_rows)
 
     def _restored_capture(self) -> GradientCapture:
@@ -369,45 +370,29 @@ class InfluenceEngine:
     def _gradient_phase(self, train_dataset: Dataset, batch_size: int) -> None:
         """Capture and store compressed gradients from the first row not yet stored."""
         manifest = self.store.read_manifest()
-        n_train, shard_rows = manifest["n_train"], manifest["shard_rows"]
-        rows_done = sum(np.load(p, mmap_mode="r").shape[0] for p in self.store.complete_shards())
-        remaining = Subset(train_dataset, range(rows_done, n_train))
-        loader = DataLoader(remaining, batch_size=batch_size, shuffle=False)
+        n_train, k = manifest["n_train"], manifest["k"]
+        numpy_dtype = torch.empty(0, dtype=self.store_dtype).numpy().dtype
+        writer = GradientWriter(self.store, n_train, manifest["shard_rows"], k, numpy_dtype)
+        first_row, started = writer.rows_done, time.perf_counter()
+        loader = DataLoader(Subset(train_dataset, range(first_row, n_train)), batch_size)
         bar = tqdm(
             total=n_train,
-            initial=rows_done,
+            initial=first_row,
             unit="ex",
-            disable=not self.show_progress,
             desc="gradients",
+            disable=not self.show_progress,
             dynamic_ncols=True,
         )
-        writer = None
-        started, first_row = time.perf_counter(), rows_done
         for batch in loader:
-            captured = self.capture.capture(self.loss_fn, self._batch(batch), self.store_dtype)
-            gradients, meta = captured.gradients.cpu().numpy(), batch_metadata(captured, batch)
-            offset = 0
-            while offset < gradients.shape[0]:
-                if writer is None:
-                    shard = rows_done // shard_rows
-                    rows = min(shard_rows, n_train - shard * shard_rows)
-                    writer = self.store.shard_writer(
-                        shard, rows, gradients.shape[1], gradients.dtype
-                    )
-                take = min(writer.rows - writer.filled, gradients.shape[0] - offset)
-                writer.append(
-                    gradients[offset : offset + take],
-                    {name: values[offset : offset + take] for name, values in meta.items()},
-                )
-                offset += take
-                rows_done += take
-                if writer.full:
-                    writer.publish()
-                    writer = None
-                    self.store.update_manifest(rows_done=rows_done)
-            bar.update(gradients.shape[0])
-            rate = (rows_done - first_row) / max(time.perf_counter() - started, 1e-9)
-            self._write_progress("gradients", rows_done, n_train, rate)
+            slot = writer.slot(len(batch[0])) if self.device.type == "cpu" else None
+            out = None if slot is None else torch.from_numpy(slot)
+            captured = self.capture.capture(self.loss_fn, self._batch(batch), self.store_dtype, out)
+            gradients = None if slot is not None else captured.gradients.cpu().numpy()
+            if writer.write(gradients, batch_metadata(captured, batch)):
+                self.store.update_manifest(rows_done=writer.rows_done)
+            bar.update(len(batch[0]))
+            rate = (writer.rows_done - first_row) / max(time.perf_counter() - started, 1e-9)
+            self._write_progress("gradients", writer.rows_done, n_train, rate)
         bar.close()
 
     def _curvature_phase(self) -> None:

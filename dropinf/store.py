@@ -98,10 +98,11 @@ class ShardWriter:
         self.meta = {name: np.zeros(rows, dtype=np.float64) for name in META_FIELDS}
         self.filled = 0
 
-    def append(self, gradients: np.ndarray, meta: dict[str, np.ndarray]) -> None:
-        """Add the next rows."""
-        stop = self.filled + gradients.shape[0]
-        self.gradients[self.filled : stop] = gradients
+    def append(self, gradients: np.ndarray | None, meta: dict[str, np.ndarray]) -> None:
+        """Add the next rows (None: their gradients are already in place)."""
+        stop = self.filled + len(meta["loss"])
+        if gradients is not None:
+            self.gradients[self.filled : stop] = gradients
         for name in META_FIELDS:
             self.meta[name][self.filled : stop] = meta[name]
         self.filled = stop
@@ -117,6 +118,74 @@ class ShardWriter:
         del self.gradients
         save_npz(meta_path(self.path), self.meta)
         os.replace(self.temporary, self.path)
+
+
+class GradientWriter:
+    """Streams rows into consecutive shards of a run, publishing each shard once it is full.
+
+    Args:
+        store: The run.
+        n_rows: Rows in the whole training set.
+        shard_rows: Rows per shard (the last one may hold fewer).
+        k: Compressed dimension.
+        dtype: Numpy dtype of the stored gradients.
+    """
+
+    def __init__(
+        self, store: RunStore, n_rows: int, shard_rows: int, k: int, dtype: np.dtype
+    ) -> None:
+        self.store, self.n_rows, self.shard_rows = store, n_rows, shard_rows
+        self.k, self.dtype = k, dtype
+        self.rows_done = sum(np.load(p, mmap_mode="r").shape[0] for p in store.complete_shards())
+        self.shard: ShardWriter | None = None
+
+    def slot(self, rows: int) -> np.ndarray | None:
+        """A writable (rows, k) view of the next rows when they fit in one shard, else None.
+
+        Fill it, then call ``write(None, meta)``: the gradients skip one copy.
+        """
+        shard = self._current_shard()
+        if shard.rows - shard.filled < rows:
+            return None
+        return shard.gradients[shard.filled : shard.filled + rows]
+
+    def write(self, gradients: np.ndarray | None, meta: dict[str, np.ndarray]) -> bool:
+        """Store the next rows (None: they were written into the last ``slot``).
+
+        Returns:
+            True when at least one shard was published.
+        """
+        if gradients is None:
+            shard = self._current_shard()
+            rows = len(meta["loss"])
+            shard.append(None, meta)
+            self.rows_done += rows
+            return self._publish_if_full()
+        published = False
+        offset = 0
+        while offset < len(gradients):
+            shard = self._current_shard()
+            take = min(shard.rows - shard.filled, len(gradients) - offset)
+            part = slice(offset, offset + take)
+            shard.append(gradients[part], {name: values[part] for name, values in meta.items()})
+            offset += take
+            self.rows_done += take
+            published = self._publish_if_full() or published
+        return published
+
+    def _current_shard(self) -> ShardWriter:
+        if self.shard is None:
+            index = self.rows_done // self.shard_rows
+            rows = min(self.shard_rows, self.n_rows - index * self.shard_rows)
+            self.shard = self.store.shard_writer(index, rows, self.k, self.dtype)
+        return self.shard
+
+    def _publish_if_full(self) -> bool:
+        if not self.shard.full:
+            return False
+        self.shard.publish()
+        self.shard = None
+        return True
 
 
 def meta_path(shard: Path) -> Path:
