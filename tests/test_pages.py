@@ -139,6 +139,27 @@ def test_compute_finishes_and_is_reused(computed_app: AppTest, home: Path) -> No
 
 
 @pytest.mark.slow
+def test_background_run_can_be_cancelled_and_resumed(
+    loaded_app: AppTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DROPINF_SYNC_JOBS", "0")
+    at = open_page(loaded_app, "pages/compute.py")
+    at.session_state["dropinf_sync_jobs"] = False
+    at.slider(key="keep_ratio").set_value(0.5).run()
+    at.button(key="start").click().run()
+    assert_clean(at)
+    at.button(key="cancel").click().run()
+    assert_clean(at)
+    assert any("cancelled" in w.value for w in at.warning), [w.value for w in at.warning]
+    at.button(key="resume").click().run()
+    assert_clean(at)
+    at.button(key="cancel").click().run()
+    at.session_state["dropinf_sync_jobs"] = True
+    at.slider(key="keep_ratio").set_value(0.25).run()
+    assert_clean(at)
+
+
+@pytest.mark.slow
 def test_explore_choose_and_open_detail(computed_app: AppTest) -> None:
     at = open_page(computed_app, "pages/explore.py")
     assert len(at.image) > 10, "the test image and proponent / opponent thumbnails"
