@@ -2,8 +2,15 @@
 
 ``F = (1/N) Σ g gᵀ`` over the compressed training gradients; influence uses ``(F + λI)⁻¹``.
 ``full`` keeps one k×k block, ``block`` one block per layer (F restricted to each layer's
-coordinates), ``identity`` no curvature at all (plain gradient similarity). Factors are
-Cholesky factors, computed in float64.
+coordinates), ``identity`` no curvature at all (plain gradient similarity).
+
+Each block is factored the cheaper exact way:
+
+* ``CholeskyBlock`` (N ≥ k_b): the Cholesky factor of ``F_b + λI``, from ``Σ g gᵀ`` streamed over
+  the shards (memory k_b², independent of N).
+* ``LowRankBlock`` (N < k_b): F_b has rank at most N, so its eigenvectors come from the N×N Gram
+  matrix of the block's gradients (memory N·k_b < k_b²), and
+  ``(F_b + λI)⁻¹ = V diag(1/(σ+λ) − 1/λ) Vᵀ + I/λ`` exactly, at a fraction of the cost and storage.
 """
 
 from __future__ import annotations
@@ -19,121 +26,235 @@ from dropinf.config import CurvatureConfig
 from dropinf.errors import NonFiniteError
 
 CHUNK_ROWS = 4096
+EIGENVALUE_FLOOR = 1e-12  # eigenvalues below this share of the largest count as zero
+
+
+@dataclass
+class CholeskyBlock:
+    """``F_b + λI = L Lᵀ`` for the coordinates ``start:stop``."""
+
+    start: int
+    stop: int
+    factor: torch.Tensor  # (k_b, k_b) lower triangular
+
+    def precondition(self, gradients: torch.Tensor) -> torch.Tensor:
+        """``g (F_b + λI)⁻¹`` for rows g of a (m, k_b) matrix."""
+        solved = torch.cholesky_solve(gradients.T.to(self.factor.dtype), self.factor)
+        return solved.T
+
+    def whiten(self, gradients: torch.Tensor) -> torch.Tensor:
+        """``L⁻¹ g`` for each row: squared norm ``gᵀ(F_b + λI)⁻¹g``."""
+        block = gradients.T.to(self.factor.dtype)  # (k_b, m)
+        return torch.linalg.solve_triangular(self.factor, block, upper=False).T
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What to save of this block."""
+        return {"factor": self.factor}
+
+
+@dataclass
+class LowRankBlock:
+    """``F_b = V diag(σ) Vᵀ`` (orthonormal V, k_b × r) with damping λ."""
+
+    start: int
+    stop: int
+    basis: torch.Tensor  # (k_b, r)
+    eigenvalues: torch.Tensor  # (r,)
+    damping: float
+
+    def precondition(self, gradients: torch.Tensor) -> torch.Tensor:
+        """``g (F_b + λI)⁻¹ = g/λ + ((g V) ⊙ (1/(σ+λ) − 1/λ)) Vᵀ``."""
+        g = gradients.to(self.basis.dtype)
+        scale = 1 / (self.eigenvalues + self.damping) - 1 / self.damping  # (r,)
+        return g / self.damping + ((g @ self.basis) * scale) @ self.basis.T
+
+    def whiten(self, gradients: torch.Tensor) -> torch.Tensor:
+        """``(F_b + λI)^(-1/2) g`` for each row: squared norm ``gᵀ(F_b + λI)⁻¹g``."""
+        g = gradients.to(self.basis.dtype)
+        root = self.damping**-0.5
+        scale = (self.eigenvalues + self.damping).rsqrt() - root  # (r,)
+        return g * root + ((g @ self.basis) * scale) @ self.basis.T
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What to save of this block."""
+        return {"basis": self.basis, "eigenvalues": self.eigenvalues}
+
+
+Block = CholeskyBlock | LowRankBlock
 
 
 @dataclass
 class Curvature:
-    """Cholesky factors of ``F + λI`` per block of coordinates.
+    """The factored blocks of ``F + λI``.
 
     Attributes:
         kind: ``full``, ``block`` or ``identity``.
-        blocks: (start, stop) coordinate ranges, one per factor.
-        factors: Lower Cholesky factors of the damped Fisher blocks (empty for identity).
+        blocks: One factored block per coordinate range (none for identity).
         damping: The λ used (None for identity).
     """
 
     kind: str
-    blocks: list[tuple[int, int]]
-    factors: list[torch.Tensor]
+    blocks: list[Block]
     damping: float | None
 
     def precondition(self, gradients: torch.Tensor) -> torch.Tensor:
         """``g (F + λI)⁻¹`` for each row g of a (m, k) matrix."""
-        if self.kind == "identity":
-            return gradients
-        result = torch.empty_like(gradients)
-        for (start, stop), factor in zip(self.blocks, self.factors, strict=True):
-            block = gradients[:, start:stop].T.to(factor.dtype)  # (k_b, m)
-            result[:, start:stop] = torch.cholesky_solve(block, factor).T.to(gradients.dtype)
-        return result
+        return self._per_block(gradients, "precondition")
 
     def whiten(self, gradients: torch.Tensor) -> torch.Tensor:
-        """``L⁻¹ g`` for each row: whitened rows whose squared norm is ``gᵀ(F + λI)⁻¹g``."""
+        """Whitened rows whose inner products are ``gᵀ(F + λI)⁻¹g'``."""
+        return self._per_block(gradients, "whiten")
+
+    def _per_block(self, gradients: torch.Tensor, operation: str) -> torch.Tensor:
         if self.kind == "identity":
             return gradients
         result = torch.empty_like(gradients)
-        for (start, stop), factor in zip(self.blocks, self.factors, strict=True):
-            block = gradients[:, start:stop].T.to(factor.dtype)  # (k_b, m)
-            solved = torch.linalg.solve_triangular(factor, block, upper=False)
-            result[:, start:stop] = solved.T.to(gradients.dtype)
+        for block in self.blocks:
+            solved = getattr(block, operation)(gradients[:, block.start : block.stop])
+            result[:, block.start : block.stop] = solved.to(gradients.dtype)
         return result
 
     def to(self, device: torch.device) -> Curvature:
-        """The same curvature with its factors on ``device``."""
-        factors = [factor.to(device) for factor in self.factors]
-        return Curvature(self.kind, self.blocks, factors, self.damping)
+        """The same curvature with its tensors on ``device``."""
+        moved = []
+        for block in self.blocks:
+            fields = {
+                name: value.to(device) if isinstance(value, torch.Tensor) else value
+                for name, value in vars(block).items()
+            }
+            moved.append(type(block)(**fields))
+        return Curvature(self.kind, moved, self.damping)
 
     def state(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """Tensors to save: the factors (in ``dtype``) and the block bounds."""
-        tensors = {f"factor.{i}": factor.to(dtype) for i, factor in enumerate(self.factors)}
-        tensors["blocks"] = torch.tensor(self.blocks, dtype=torch.int64).reshape(-1, 2)
+        """Tensors to save (in ``dtype``): each block's factors and the block table."""
+        tensors = {
+            f"{i}.{name}": value.to(dtype)
+            for i, block in enumerate(self.blocks)
+            for name, value in block.tensors().items()
+        }
+        table = [[b.start, b.stop, isinstance(b, LowRankBlock)] for b in self.blocks]
+        tensors["blocks"] = torch.tensor(table, dtype=torch.int64).reshape(-1, 3)
         return tensors
 
     @classmethod
     def from_state(
         cls, kind: str, damping: float | None, tensors: dict[str, torch.Tensor]
     ) -> Curvature:
-        """Rebuild a curvature saved with ``state``."""
-        blocks = [(int(a), int(b)) for a, b in tensors["blocks"].tolist()]
-        count = 0 if kind == "identity" else len(blocks)
-        factors = [tensors[f"factor.{i}"].double() for i in range(count)]
-        return cls(kind, blocks, factors, damping)
+        """Rebuild a curvature saved with ``state`` (factors in float64)."""
+        blocks: list[Block] = []
+        for i, (start, stop, low_rank) in enumerate(tensors["blocks"].tolist()):
+            if low_rank:
+                basis, eigenvalues = tensors[f"{i}.basis"], tensors[f"{i}.eigenvalues"]
+                blocks.append(
+                    LowRankBlock(start, stop, basis.double(), eigenvalues.double(), damping)
+                )
+            else:
+                blocks.append(CholeskyBlock(start, stop, tensors[f"{i}.factor"].double()))
+        return cls(kind, blocks, damping)
 
 
-def curvature_blocks(kind: str, layer_dims: list[int]) -> list[tuple[int, int]]:
-    """Coordinate ranges of the curvature blocks: one for ``full``, one per layer for ``block``."""
-    total = sum(layer_dims)
+def curvature_ranges(kind: str, layer_dims: list[int]) -> list[tuple[int, int]]:
+    """Coordinate ranges of the blocks: one for ``full``, one per layer for ``block``."""
+    if kind == "identity":
+        return []
     if kind != "block":
-        return [(0, total)]
+        return [(0, sum(layer_dims))]
     bounds = np.cumsum([0, *layer_dims])
     return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
 
-def fisher_blocks(
-    shards: Iterable[np.ndarray], blocks: list[tuple[int, int]], device: torch.device
-) -> tuple[list[torch.Tensor], int]:
-    """Sum ``Σ g gᵀ`` per block over stored gradient shards, streaming in chunks.
+@dataclass
+class BlockStatistics:
+    """What one pass over the shards gathers for a block: ``Σ g gᵀ``, or the rows themselves."""
 
-    Returns:
-        The un-normalised Fisher blocks (float64) and the number of rows read.
-    """
-    sums = [torch.zeros(b - a, b - a, dtype=torch.float64, device=device) for a, b in blocks]
-    rows = 0
+    start: int
+    stop: int
+    low_rank: bool
+    sums: torch.Tensor | None = None  # (k_b, k_b), Cholesky blocks
+    rows: list[torch.Tensor] | None = None  # chunks of (r, k_b), low-rank blocks
+
+    def add(self, chunk: torch.Tensor) -> None:
+        """Accumulate a (rows, k) float64 chunk of training gradients."""
+        part = chunk[:, self.start : self.stop]
+        if self.low_rank:
+            self.rows.append(part.clone())
+        else:
+            self.sums += part.T @ part
+
+    def diagonal_sum(self) -> torch.Tensor:
+        """Σ g² per coordinate (the un-normalised diagonal of F_b)."""
+        if self.low_rank:
+            return torch.cat(self.rows).pow(2).sum(0)
+        return self.sums.diagonal()
+
+
+def gather_statistics(
+    shards: Iterable[np.ndarray], ranges: list[tuple[int, int]], n_rows: int, device: torch.device
+) -> list[BlockStatistics]:
+    """One streaming pass over the shards, in chunks, collecting every block's statistics."""
+    statistics = []
+    for start, stop in ranges:
+        low_rank = n_rows < stop - start
+        sums = (
+            None
+            if low_rank
+            else torch.zeros(stop - start, stop - start, dtype=torch.float64, device=device)
+        )
+        statistics.append(BlockStatistics(start, stop, low_rank, sums, [] if low_rank else None))
     for shard in shards:
-        for start in range(0, shard.shape[0], CHUNK_ROWS):
-            chunk = torch.from_numpy(np.array(shard[start : start + CHUNK_ROWS]))
+        for offset in range(0, shard.shape[0], CHUNK_ROWS):
+            chunk = torch.from_numpy(np.array(shard[offset : offset + CHUNK_ROWS]))
             chunk = chunk.to(device=device, dtype=torch.float64)  # (r, k)
-            for total, (a, b) in zip(sums, blocks, strict=True):
-                total += chunk[:, a:b].T @ chunk[:, a:b]
-            rows += chunk.shape[0]
-    return sums, rows
+            for block in statistics:
+                block.add(chunk)
+    return statistics
 
 
-def default_damping(fishers: list[torch.Tensor], ratio: float) -> float:
-    """``ratio · mean(diag F)`` over all blocks (F already normalised)."""
-    diagonal = torch.cat([fisher.diagonal() for fisher in fishers])
+def default_damping(statistics: list[BlockStatistics], n_rows: int, ratio: float) -> float:
+    """``ratio · mean(diag F)`` over every block's coordinates."""
+    diagonal = torch.cat([block.diagonal_sum() for block in statistics]) / max(n_rows, 1)
     return ratio * float(diagonal.mean())
 
 
-def damped_cholesky(fisher: torch.Tensor, damping: float) -> torch.Tensor:
-    """Lower Cholesky factor of ``F + λI``.
+def cholesky_block(block: BlockStatistics, n_rows: int, damping: float) -> CholeskyBlock:
+    """Factor ``F_b + λI`` from its sums.
 
     Raises:
-        NonFiniteError: The factorisation failed (non-finite gradients or λ = 0 on a singular F).
+        NonFiniteError: The factorisation failed (non-finite gradients, or λ too small).
     """
-    damped = fisher + damping * torch.eye(fisher.shape[0], dtype=fisher.dtype, device=fisher.device)
-    factor, info = torch.linalg.cholesky_ex(damped)
+    fisher = block.sums / max(n_rows, 1)
+    identity = torch.eye(fisher.shape[0], dtype=fisher.dtype, device=fisher.device)
+    factor, info = torch.linalg.cholesky_ex(fisher + damping * identity)
     if int(info) != 0:
         raise NonFiniteError(
             f"expected a positive definite damped Fisher; Cholesky failed at column {int(info)} "
             f"(damping {damping:g}). Check the gradients for NaN/inf or raise the damping."
         )
-    return factor
+    return CholeskyBlock(block.start, block.stop, factor)
+
+
+def low_rank_block(block: BlockStatistics, damping: float) -> LowRankBlock:
+    """Eigen-factor ``F_b = GᵀG/N`` through the N×N Gram matrix ``G Gᵀ/N``.
+
+    Raises:
+        NonFiniteError: The gradients hold NaN/inf.
+    """
+    gradients = torch.cat(block.rows)  # (N, k_b)
+    n_rows = gradients.shape[0]
+    gram = gradients @ gradients.T / n_rows  # (N, N)
+    if not bool(torch.isfinite(gram).all()):
+        raise NonFiniteError("expected finite training gradients; found NaN/inf in a block")
+    eigenvalues, vectors = torch.linalg.eigh(gram)
+    kept = eigenvalues > EIGENVALUE_FLOOR * eigenvalues.max().clamp(min=1e-300)
+    eigenvalues, vectors = eigenvalues[kept], vectors[:, kept]
+    basis = gradients.T @ vectors / (n_rows * eigenvalues).sqrt()  # (k_b, r), orthonormal
+    return LowRankBlock(block.start, block.stop, basis, eigenvalues, damping)
 
 
 def fit_curvature(
     shards: Iterable[np.ndarray],
     layer_dims: list[int],
+    n_rows: int,
     config: CurvatureConfig,
     device: torch.device,
 ) -> Curvature:
@@ -142,6 +263,7 @@ def fit_curvature(
     Args:
         shards: The training gradient shards, (rows, k) each.
         layer_dims: Compressed dimension of each layer, in coordinate order.
+        n_rows: Training examples in the shards.
         config: Kind and damping.
         device: Where to accumulate and factor.
 
@@ -149,15 +271,14 @@ def fit_curvature(
         The fitted curvature.
     """
     kind = config.resolve_kind(sum(layer_dims))
-    blocks = curvature_blocks(kind, layer_dims)
     if kind == "identity":
-        return Curvature(kind, blocks, [], None)
-    sums, rows = fisher_blocks(shards, blocks, device)
-    fishers = [total / max(rows, 1) for total in sums]
-    damping = (
-        config.damping
-        if config.damping is not None
-        else default_damping(fishers, config.damping_ratio)
-    )
-    factors = [damped_cholesky(fisher, damping) for fisher in fishers]
-    return Curvature(kind, blocks, factors, damping)
+        return Curvature(kind, [], None)
+    statistics = gather_statistics(shards, curvature_ranges(kind, layer_dims), n_rows, device)
+    damping = config.damping
+    if damping is None:
+        damping = default_damping(statistics, n_rows, config.damping_ratio)
+    blocks: list[Block] = [
+        low_rank_block(block, damping) if block.low_rank else cholesky_block(block, n_rows, damping)
+        for block in statistics
+    ]
+    return Curvature(kind, blocks, damping)

@@ -397,9 +397,14 @@ class InfluenceEngine:
 
     def _curvature_phase(self) -> None:
         self._write_progress("curvature", 0, 1, None)
-        dims = [layer["k"] for layer in self.store.read_manifest()["layers"]]
+        manifest = self.store.read_manifest()
+        dims = [layer["k"] for layer in manifest["layers"]]
         fitted = fit_curvature(
-            self.store.iter_gradient_shards(), dims, self.curvature_config, self.device
+            self.store.iter_gradient_shards(),
+            dims,
+            manifest["n_train"],
+            self.curvature_config,
+            self.device,
         )
         state = fitted.state(self.dtype)
         self.store.save_tensors("curvature.safetensors", state)

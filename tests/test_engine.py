@@ -88,10 +88,11 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual - expected).norm() / expected.norm())
 
 
+@pytest.mark.parametrize("n_train", [40, 150], ids=["low-rank-n<k", "cholesky-n>k"])
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_identity_full_curvature_equals_explicit_influence(kind: str) -> None:
+def test_identity_full_curvature_equals_explicit_influence(kind: str, n_train: int) -> None:
     model = make_mlp(0) if kind == "mlp" else make_cnn(0)
-    train, test = make_data(kind, 40, 1), make_data(kind, 7, 2)
+    train, test = make_data(kind, n_train, 1), make_data(kind, 7, 2)
     expected_scores, expected_self = explicit_influence(
         loop_gradients(model, train), loop_gradients(model, test)
     )
@@ -354,3 +355,17 @@ def test_energy_split_keeps_the_block_with_most_energy() -> None:
         inputs=torch.tensor([5.0, 5.0] + [0.0] * 6), outputs=torch.ones(8)
     )
     assert energy_split(concentrated_inputs, budget=16) == (8, 2)
+
+
+def test_low_rank_and_cholesky_blocks_agree() -> None:
+    from dropinf.curvature import BlockStatistics, cholesky_block, low_rank_block
+
+    generator = torch.Generator().manual_seed(21)
+    rows = torch.randn(12, 30, generator=generator, dtype=torch.float64)  # N=12 < k=30
+    probe = torch.randn(4, 30, generator=generator, dtype=torch.float64)
+    dense = cholesky_block(BlockStatistics(0, 30, False, rows.T @ rows), 12, damping=0.3)
+    low_rank = low_rank_block(BlockStatistics(0, 30, True, rows=[rows[:5], rows[5:]]), 0.3)
+    assert low_rank.basis.shape == (30, 12)
+    assert torch.allclose(low_rank.precondition(probe), dense.precondition(probe), atol=1e-10)
+    inner = low_rank.whiten(probe) @ low_rank.whiten(probe).T
+    assert torch.allclose(inner, dense.whiten(probe) @ dense.whiten(probe).T, atol=1e-10)
