@@ -346,6 +346,13 @@ def versions() -> dict[str, str]:
     return found
 
 
+def kept_settings(path: Path, fresh: list[dict]) -> list[dict]:
+    """Settings of an earlier results file that this run did not recompute."""
+    done = {(s["arch"], s["noise"], s["seed"]) for s in fresh}
+    earlier = json.loads(path.read_text())["settings"]
+    return [s for s in earlier if (s["arch"], s["noise"], s["seed"]) not in done]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, every method")
@@ -353,6 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=BENCH / "PEERS.md")
     parser.add_argument("--plot", type=Path, default=BENCH / "peers_quality_vs_time.png")
     parser.add_argument("--json", type=Path, default=CACHE / "peers-results.json")
+    parser.add_argument(
+        "--keep-from",
+        type=Path,
+        help="an earlier results JSON whose settings not run now are kept in the report",
+    )
     parser.add_argument("--archs", nargs="+", help="override the size's architectures")
     parser.add_argument("--kinds", nargs="+", help="override the size's noise kinds")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the size's noise seeds")
@@ -368,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
             for seed in size.seeds:
                 print(f"{arch} / {kind} / seed {seed}", flush=True)
                 settings.append(run_setting(size, arch, kind, seed, args.dropinf_only))
+    if args.keep_from is not None:
+        settings = kept_settings(args.keep_from, settings) + settings
     payload = {"size": asdict(size), "versions": versions(), "argv": sys.argv, "settings": settings}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(payload, indent=1, default=float))

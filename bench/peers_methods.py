@@ -343,19 +343,10 @@ def dattri_trak_adapter(problem: Problem, result: MethodResult) -> None:
     with phase(result, "scoring"):  # no .cache(): its self_attribute then refuses the loader
         result.scores = attributor.attribute(loader(problem.test), loader(problem.train)).T.numpy()
     with phase(result, "self_influence"):
-        result.suspicion = attributor.self_attribute(loader(problem.train)).numpy()
+        result.suspicion = attributor.self_attribute(loader(problem.train)).numpy().ravel()
     result.k = problem.k
     result.bytes_stored = len(problem.train) * problem.k * 4
     result.note = "dattri TRAK, regularization 0 (default); recomputes train features per call"
-
-
-def even_batch_size(n: int, largest: int = BATCH) -> int:
-    """The largest batch size up to ``largest`` that divides n.
-
-    dattri 0.3's block-projected IF assumes equal batches: a short last batch fails with a size
-    mismatch.
-    """
-    return max(b for b in range(1, min(n, largest) + 1) if n % b == 0)
 
 
 def dattri_block_adapter(kind: str):
@@ -374,7 +365,7 @@ def dattri_block_adapter(kind: str):
             attributor = FactGraSSAttributor(
                 task, device="cpu", proj_dim=side * side, offload="cpu"
             )
-        train_loader = loader(problem.train, even_batch_size(len(problem.train)))
+        train_loader = loader(problem.train)
         with phase(result, "gradients"):  # projected gradients and the eFIM inverse
             attributor.cache(train_loader)
         with phase(result, "scoring"):

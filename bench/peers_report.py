@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -36,7 +37,9 @@ def method_cells(row: dict) -> list[str]:
     other = sum(v for k, v in phases.items() if k not in PHASES)
     times = [_fmt(phases.get(name), 2) for name in PHASES]
     if row.get("error"):
-        return [row["method"], "—", *(["—"] * 8), "failed", "—", "—", "—"]
+        limit = re.search(r"\(> (\d+) s\)", row["error"])
+        total = f"> {limit.group(1)}" if limit else "failed"
+        return [row["method"], "—", *(["—"] * 5), total, *(["—"] * 6)]
     return [
         row["method"],
         _fmt(row["k"]),
@@ -156,18 +159,18 @@ def write_report(payload: dict, path: Path) -> None:
 
 
 def plot_points(payload: dict) -> list[tuple[str, float, float]]:
-    """(method, mean total seconds, mean LDS or AUC) for the plot."""
+    """(method, mean total seconds, mean LDS) over the settings where LDS was measured."""
     points = []
     for method, values in _means(payload).items():
-        quality = values.get("lds", values.get("auc"))
-        if "total_s" in values and quality is not None:
-            points.append((method, values["total_s"], quality))
+        if "total_s" in values and "lds" in values:
+            points.append((method, values["total_s"], values["lds"]))
     return points
 
 
 def _means(payload: dict) -> dict[str, dict[str, float]]:
     sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for setting in payload["settings"]:
+    with_lds = [s for s in payload["settings"] if any(r.get("lds") for r in s["methods"])]
+    for setting in with_lds:
         for row in setting["methods"]:
             for key in ("total_s", "lds", "auc"):
                 if row.get(key) is not None and not row.get("error"):
@@ -176,7 +179,7 @@ def _means(payload: dict) -> dict[str, dict[str, float]]:
 
 
 def write_plot(payload: dict, path: Path) -> None:
-    """Quality (LDS; AUC where no LDS) against end-to-end time, log time axis."""
+    """LDS against end-to-end time (log axis), averaged over the settings that have LDS."""
     points = plot_points(payload)
     try:
         _plot_matplotlib(points, path)
@@ -198,8 +201,8 @@ def _plot_matplotlib(points, path: Path) -> None:
         )
     axes.set_xscale("log")
     axes.set_xlabel("end-to-end seconds (gradients + curvature + scoring + self-influence)")
-    axes.set_ylabel("LDS (AUC for detection-only methods)")
-    axes.set_title("dropinf vs peers: quality vs time (mean over settings)")
+    axes.set_ylabel("LDS (linear datamodeling score)")
+    axes.set_title("dropinf vs peers: LDS vs time (mean over settings with LDS)")
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
@@ -224,5 +227,5 @@ def _plot_pil(points, path: Path) -> None:
             draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill="navy")
             draw.text((px + 6, py - 12), method, fill="black")
     draw.text((margin, height - margin + 20), "log10 end-to-end seconds", fill="black")
-    draw.text((5, 5), "LDS (AUC for detection-only methods)", fill="black")
+    draw.text((5, 5), "LDS (linear datamodeling score)", fill="black")
     image.save(path)
