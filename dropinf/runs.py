@@ -17,6 +17,10 @@ code to ``<name>.exit``; ``cancel`` leaves ``<name>.cancelled``. The engine repo
 The job files live next to the run directory, in ``<parent>/.jobs/<run name>/`` (see
 ``job_dir``), not inside it: the engine empties the run directory when it starts a fresh run,
 and a lock deleted under a live job would let a second job start.
+
+Before a run is started, ``estimate_run`` says what it will cost: its compressed dimension k
+(exact: the run's own compressors, calibrated like the engine's), the size of its gradient store
+and its time on this machine.
 """
 
 from __future__ import annotations
@@ -30,15 +34,25 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
 from dropinf import paths
+from dropinf.capture import CaptureLayout, GradientCapture, LossFn, discover_layers
+from dropinf.compress import LayerCompressor, UnitEnergy, build_compressor
 from dropinf.config import CompressionConfig, CurvatureConfig
+from dropinf.data import DatasetBundle
+from dropinf.engine import batch_to
 from dropinf.errors import ConfigError, JobError
+from dropinf.losses import cross_entropy_per_sample
 
 COMPUTE_JOB = "job"
 ACTIVE_STATES = ("queued", "running")
@@ -46,6 +60,8 @@ ACTIVE_STATES = ("queued", "running")
 # changed this recently (a `python -m dropinf compute` started from a terminal).
 EXTERNAL_RUN_STALE_S = 120.0
 _LOG_TAIL_LINES = 5
+STORE_BYTES_PER_VALUE = 2  # the gradient store holds float16
+TIMING_BATCH = 64
 _EXIT_WRAPPER = 'exit_file="$1"; shift; "$@"; code=$?; echo "$code" > "$exit_file"; exit "$code"'
 
 
@@ -563,3 +579,182 @@ def _write_json_atomic(path: Path, value: dict[str, Any]) -> None:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------------
+# What a run will cost
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """The size and time of a run, before it is started.
+
+    Attributes:
+        k: Compressed dimension (exactly the run's).
+        n_train: Training examples (rows of the gradient store).
+        store_bytes: Size of the float16 gradient store.
+        curvature_kind: The concrete curvature (``full``, ``block`` or ``identity``).
+        capture_seconds: Calibration plus capturing the training and test gradients.
+        curvature_seconds: Factoring, accumulating and applying the curvature blocks.
+    """
+
+    k: int
+    n_train: int
+    store_bytes: int
+    curvature_kind: str
+    capture_seconds: float
+    curvature_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        """The whole run's estimated wall-clock time."""
+        return self.capture_seconds + self.curvature_seconds
+
+
+def estimate_run(
+    model: nn.Module,
+    bundle: DatasetBundle,
+    compression: CompressionConfig,
+    curvature: CurvatureConfig,
+    loss_fn: LossFn = cross_entropy_per_sample,
+    batch_size: int = 256,
+) -> RunEstimate:
+    """k, gradient-store size and time of a run, from timed samples on this machine.
+
+    The run's compressors are built as the engine builds them (energy masks from the same
+    calibration batches), so k is exact. Time = the calibration, one timed capture batch scaled
+    to the training + test examples, and the curvature's dense algebra at the measured matmul
+    rate (see ``curvature_flops``).
+
+    Args:
+        model: The model, in eval mode, on its device.
+        bundle: The dataset (its training split is captured, its test split scored).
+        compression: The run's compression config.
+        curvature: The run's curvature config.
+        loss_fn: ``loss_fn(model, batch) -> (B,)`` per-sample losses.
+        batch_size: The run's capture batch size (sets the calibration batches).
+
+    Returns:
+        The estimate.
+
+    Raises:
+        NoCapturableLayerError: The model has no layer to capture.
+    """
+    layout = discover_layers(model)
+    started = time.perf_counter()
+    compressors = run_compressors(model, layout, compression, bundle.train, loss_fn, batch_size)
+    calibration_s = time.perf_counter() - started
+    capture = GradientCapture(model, layout, _on_model_device(model, compressors))
+    n_examples = len(bundle.train) + len(bundle.test)
+    kind = curvature.resolve_kind(capture.k)
+    flops = curvature_flops(kind, [c.k for c in compressors], n_examples)
+    per_example = seconds_per_example(capture, bundle.train, loss_fn)
+    return RunEstimate(
+        k=capture.k,
+        n_train=len(bundle.train),
+        store_bytes=capture.k * len(bundle.train) * STORE_BYTES_PER_VALUE,
+        curvature_kind=kind,
+        capture_seconds=calibration_s + per_example * n_examples,
+        curvature_seconds=flops / matmul_flops_per_s(),
+    )
+
+
+def run_compressors(
+    model: nn.Module,
+    layout: CaptureLayout,
+    compression: CompressionConfig,
+    train: Dataset,
+    loss_fn: LossFn = cross_entropy_per_sample,
+    batch_size: int = 256,
+) -> list[LayerCompressor]:
+    """The compressors a run builds: seeded masks, or energy masks from calibration batches.
+
+    Mirrors the engine's calibration: unit energies summed over the first
+    ``compression.calibration_batches`` training batches of ``batch_size``.
+    """
+    energies = None
+    if compression.method == "dropout" and compression.mask == "energy":
+        energies = _calibrated_energies(model, layout, compression, train, loss_fn, batch_size)
+    return [
+        build_compressor(
+            spec, compression, position, None if energies is None else energies[position]
+        )
+        for position, spec in enumerate(layout.specs)
+    ]
+
+
+def _calibrated_energies(
+    model: nn.Module,
+    layout: CaptureLayout,
+    compression: CompressionConfig,
+    train: Dataset,
+    loss_fn: LossFn,
+    batch_size: int,
+) -> list[UnitEnergy]:
+    identity = CompressionConfig(method="identity")
+    compressors = [build_compressor(s, identity, i) for i, s in enumerate(layout.specs)]
+    capture = GradientCapture(model, layout, _on_model_device(model, compressors))
+    totals: list[UnitEnergy] | None = None
+    for step, batch in enumerate(DataLoader(train, batch_size=batch_size, shuffle=False)):
+        if step >= compression.calibration_batches:
+            break
+        energies = capture.unit_energy(loss_fn, _model_batch(model, batch))
+        totals = energies if totals is None else _add_energies(totals, energies)
+    return totals
+
+
+def _add_energies(totals: list[UnitEnergy], energies: list[UnitEnergy]) -> list[UnitEnergy]:
+    return [
+        UnitEnergy(t.inputs + e.inputs, t.outputs + e.outputs)
+        for t, e in zip(totals, energies, strict=True)
+    ]
+
+
+def seconds_per_example(
+    capture: GradientCapture, train: Dataset, loss_fn: LossFn = cross_entropy_per_sample
+) -> float:
+    """Seconds one example takes through a capture (the second of two timed batches)."""
+    batch = _model_batch(capture.model, next(iter(DataLoader(train, batch_size=TIMING_BATCH))))
+    capture.capture(loss_fn, batch)
+    started = time.perf_counter()
+    capture.capture(loss_fn, batch)
+    return (time.perf_counter() - started) / len(batch[0])
+
+
+def curvature_flops(kind: str, block_dims: Sequence[int], n_examples: int) -> float:
+    """Dense floating-point operations of a run's curvature.
+
+    Each block of size d costs ``d³`` to factor and ``4·n·d²`` to accumulate ``F`` and to
+    precondition the gradients; ``full`` is one block of ``k = sum(block_dims)``, ``block`` one
+    per layer, ``identity`` none.
+
+    Args:
+        kind: ``full``, ``block`` or ``identity``.
+        block_dims: Each layer's compressed dimension.
+        n_examples: Training + test examples pushed through the curvature.
+    """
+    blocks = {"full": [sum(block_dims)], "block": list(block_dims)}.get(kind, [])
+    return float(sum(d**3 + 4 * n_examples * d**2 for d in blocks))
+
+
+@cache
+def matmul_flops_per_s() -> float:
+    """Dense float32 matmul throughput of this machine (one 1024² product, timed once)."""
+    matrix = torch.randn(1024, 1024)
+    torch.mm(matrix, matrix)
+    started = time.perf_counter()
+    torch.mm(matrix, matrix)
+    return 2 * 1024**3 / max(time.perf_counter() - started, 1e-9)
+
+
+def _model_batch(model: nn.Module, batch: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    parameter = next(model.parameters())
+    return batch_to(batch, parameter.device, parameter.dtype)
+
+
+def _on_model_device(
+    model: nn.Module, compressors: Sequence[LayerCompressor]
+) -> list[LayerCompressor]:
+    device = next(model.parameters()).device
+    return [compressor.to(device) for compressor in compressors]

@@ -270,3 +270,75 @@ def test_run_written_outside_the_dashboard(tmp_path):
     status = job_status(tmp_path)
     assert status.state == "failed" and "resume" in status.error
     assert (status.done, status.total) == (4, 10)
+
+
+# ---------------------------------------------------------------- estimates
+
+
+def small_digits(digits_bundle, n_train: int = 300, n_test: int = 40):
+    from dataclasses import replace
+
+    from dropinf.data import Split
+
+    def head(split: Split, n: int) -> Split:
+        return Split(split.inputs[:n], split.labels[:n])
+
+    return replace(
+        digits_bundle,
+        train=head(digits_bundle.train, n_train),
+        test=head(digits_bundle.test, n_test),
+    )
+
+
+@pytest.mark.parametrize(
+    "compression",
+    [
+        CompressionConfig(method="dropout", keep_ratio=0.25, mask="energy"),
+        CompressionConfig(method="dropout", keep_ratio=0.5, mask="uniform", seed=3),
+        CompressionConfig(method="gaussian", keep_ratio=0.1),
+    ],
+    ids=["energy", "uniform", "gaussian"],
+)
+def test_estimate_k_is_the_runs_k(digits_bundle, compression):
+    import torch
+
+    from dropinf.engine import InfluenceEngine
+    from dropinf.losses import cross_entropy_per_sample
+    from dropinf.models import build_model
+    from dropinf.runs import estimate_run
+
+    bundle = small_digits(digits_bundle)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", in_channels=1, input_size=8, num_classes=10).eval()
+    curvature = CurvatureConfig(kind="identity")
+    estimate = estimate_run(model, bundle, compression, curvature, batch_size=64)
+    engine = InfluenceEngine(model, cross_entropy_per_sample, compression, curvature)
+    engine.fit(bundle.train, batch_size=64)  # 5 batches: the energy calibration sums 4
+    assert estimate.k == engine.capture.k
+    assert estimate.n_train == 300 and estimate.store_bytes == estimate.k * 300 * 2
+    assert estimate.curvature_kind == "identity" and estimate.curvature_seconds == 0.0
+    assert estimate.seconds == estimate.capture_seconds > 0
+
+
+def test_estimate_resolves_auto_curvature(digits_bundle):
+    import torch
+
+    from dropinf.models import build_model
+    from dropinf.runs import estimate_run
+
+    bundle = small_digits(digits_bundle, n_train=64, n_test=8)
+    torch.manual_seed(0)
+    model = build_model("mlp", input_dim=64, num_classes=10).eval()
+    compression = CompressionConfig(keep_ratio=0.25, mask="uniform")
+    full = estimate_run(model, bundle, compression, CurvatureConfig())
+    block = estimate_run(model, bundle, compression, CurvatureConfig(max_full_dim=full.k - 1))
+    assert (full.curvature_kind, block.curvature_kind) == ("full", "block")
+    assert full.curvature_seconds > 0 and block.curvature_seconds > 0
+
+
+def test_curvature_flops():
+    from dropinf.runs import curvature_flops
+
+    assert curvature_flops("full", [2, 3], 10) == 5**3 + 4 * 10 * 5**2
+    assert curvature_flops("block", [2, 3], 10) == 2**3 + 4 * 10 * 4 + 3**3 + 4 * 10 * 9
+    assert curvature_flops("identity", [2, 3], 10) == 0.0
