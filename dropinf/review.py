@@ -1,16 +1,22 @@
 """Label review: which training examples to inspect first, and what the reviewer decided.
 
 Suspicion ranks the training examples most likely to carry a wrong label. Decisions (``keep``,
-``relabel`` to a new label, ``remove``) live in ``RUN_DIR/decisions.json``::
+``relabel`` to a new label, ``remove``) and flags (examples marked for review, e.g. from the
+gradient map; a flag changes no data) live in ``RUN_DIR/decisions.json``::
 
     {"format": 1, "decisions": {"<train index>": {"action": "relabel", "label": 3,
-                                                  "updated": "2024-05-01T12:00:00+00:00"}}}
+                                                  "updated": "2024-05-01T12:00:00+00:00"}},
+     "flags": [<train index>, ...]}
+
+``flags`` is optional (files without it have none) and ordered, most recently flagged first.
 
 Writes go through a uniquely named temporary file and a rename, so a crash never leaves a
 half-written file, and ``update_decisions`` holds an ``flock`` around read-modify-write so two
 browser sessions reviewing the same run do not lose each other's decisions. The decisions turn
-into ``(removals, relabels)`` for retraining, and export as CSV or as JSON in the same format
-(which ``load_decisions`` and ``python -m dropinf retrain --decisions`` read back).
+into ``(removals, relabels)`` for retraining (flags never do), and export as CSV or as JSON in
+the same format (which ``load_decisions`` and ``python -m dropinf retrain --decisions`` read
+back). Retraining with the fixes applied runs as a job (``retrain_command``) that writes
+``RUN_DIR/retrain_report.json``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import fcntl
 import io
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,8 +42,12 @@ from dropinf.errors import ConfigError, RunError
 
 FORMAT_VERSION = 1
 DECISIONS_FILE = "decisions.json"
+RETRAIN_REPORT_FILE = "retrain_report.json"
+RETRAIN_JOB = "retrain"
 ACTIONS = ("keep", "relabel", "remove")
 UNDECIDED = "undecided"
+FLAGGED = "flagged"
+FLAG_ACTION = "flag"  # the action column of a flagged, undecided example in the CSV export
 SUSPICION_SCORES = ("self_influence", "disagreement_then_self_influence")
 DEFAULT_SUSPICION = "disagreement_then_self_influence"
 
@@ -112,28 +123,57 @@ def parse_decisions(text: str | bytes, source: str = "decisions") -> dict[int, D
         RunError: The text is not a decisions document of a known format.
         ConfigError: A decision in it is invalid.
     """
-    try:
-        document = json.loads(text)
-    except ValueError as error:
-        raise RunError(f"{source} is not valid JSON: {error}") from error
-    if not isinstance(document, dict) or document.get("format") != FORMAT_VERSION:
-        found = document.get("format") if isinstance(document, dict) else type(document).__name__
-        raise RunError(f"{source}: expected a decisions document of format 1, found {found!r}")
+    document = _parse_document(text, source)
     entries = document.get("decisions")
     if not isinstance(entries, dict):
         raise RunError(f"{source}: expected a 'decisions' object, found {type(entries).__name__}")
     return {_index(key, source): _decision(value, source) for key, value in entries.items()}
 
 
-def save_decisions(path: str | Path, decisions: Mapping[int, Decision]) -> None:
+def parse_flags(text: str | bytes, source: str = "decisions") -> list[int]:
+    """Flagged training indices from the JSON text of a ``decisions.json`` file.
+
+    Returns:
+        The indices, most recently flagged first; empty when the document has no ``flags``.
+
+    Raises:
+        RunError: The text is not a decisions document, or ``flags`` is not a list of indices.
+    """
+    flags = _parse_document(text, source).get("flags", [])
+    if not isinstance(flags, list):
+        raise RunError(f"{source}: expected a 'flags' list, found {type(flags).__name__}")
+    return [_index(str(value), source) for value in flags]
+
+
+def load_flags(path: str | Path) -> list[int]:
+    """Read the flagged training indices of a ``decisions.json`` file (or a run directory).
+
+    Returns:
+        The indices, most recently flagged first; empty when the file does not exist yet.
+
+    Raises:
+        RunError: The file is not a decisions file of a known format.
+    """
+    path = _resolve(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    return parse_flags(text, source=str(path))
+
+
+def save_decisions(
+    path: str | Path, decisions: Mapping[int, Decision], flags: Sequence[int] | None = None
+) -> None:
     """Write decisions atomically: a unique temporary file, fsync, then rename into place.
 
     Args:
         path: The file, or a run directory.
         decisions: Training index -> decision.
+        flags: Flagged training indices; None keeps the flags stored in the file.
     """
     path = _resolve(path)
-    payload = export_json(decisions)
+    payload = export_json(decisions, load_flags(path) if flags is None else flags)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -168,6 +208,42 @@ def update_decisions(
                 decisions[int(index)] = decision
         save_decisions(path, decisions)
     return decisions
+
+
+def update_flags(
+    path: str | Path, add: Sequence[int] = (), remove: Sequence[int] = ()
+) -> list[int]:
+    """Flag and unflag training examples under the file lock, and save.
+
+    Flags mark examples for review; they never change the data (``fixes_from_decisions`` reads
+    decisions only). Newly flagged examples go first, in the given order.
+
+    Args:
+        path: The file, or a run directory.
+        add: Training indices to flag.
+        remove: Training indices to unflag.
+
+    Returns:
+        All flags after the change, most recently flagged first.
+    """
+    path = _resolve(path)
+    with _locked(path):
+        added = [int(i) for i in add]
+        dropped = {*added, *(int(i) for i in remove)}
+        flags = [*dict.fromkeys(added), *(i for i in load_flags(path) if i not in dropped)]
+        save_decisions(path, load_decisions(path), flags)
+    return flags
+
+
+def _parse_document(text: str | bytes, source: str) -> dict[str, Any]:
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        raise RunError(f"{source} is not valid JSON: {error}") from error
+    if not isinstance(document, dict) or document.get("format") != FORMAT_VERSION:
+        found = document.get("format") if isinstance(document, dict) else type(document).__name__
+        raise RunError(f"{source}: expected a decisions document of format 1, found {found!r}")
+    return document
 
 
 @contextlib.contextmanager
@@ -233,19 +309,34 @@ def fixes_from_decisions(
     return removals, relabels
 
 
-def review_status(n_train: int, decisions: Mapping[int, Decision]) -> np.ndarray:
-    """(n_train,) strings: each example's action, or ``undecided`` (for colouring the map)."""
+def review_status(
+    n_train: int, decisions: Mapping[int, Decision], flags: Sequence[int] = ()
+) -> np.ndarray:
+    """(n_train,) strings: each example's action, else ``flagged`` or ``undecided`` (map colours).
+
+    Args:
+        n_train: Training examples.
+        decisions: Training index -> decision.
+        flags: Flagged training indices (shown only while undecided).
+    """
     status = np.full(n_train, UNDECIDED, dtype=object)
+    status[[i for i in flags if 0 <= i < n_train]] = FLAGGED
     for index, decision in decisions.items():
         if 0 <= index < n_train:
             status[index] = decision.action
     return status
 
 
-def export_json(decisions: Mapping[int, Decision]) -> bytes:
-    """The decisions as ``decisions.json`` bytes (readable by ``parse_decisions``)."""
+def export_json(decisions: Mapping[int, Decision], flags: Sequence[int] = ()) -> bytes:
+    """Decisions and flags as ``decisions.json`` bytes (``parse_decisions`` / ``parse_flags``).
+
+    Args:
+        decisions: Training index -> decision.
+        flags: Flagged training indices, most recently flagged first.
+    """
     entries = {str(i): decisions[i].to_dict() for i in sorted(decisions)}
-    document = {"format": FORMAT_VERSION, "decisions": entries}
+    flagged = [int(i) for i in flags]
+    document = {"format": FORMAT_VERSION, "decisions": entries, "flags": flagged}
     return json.dumps(document, indent=1).encode()
 
 
@@ -255,8 +346,9 @@ def export_csv(
     class_names: Sequence[str] | None = None,
     predictions: np.ndarray | None = None,
     self_influence: np.ndarray | None = None,
+    flags: Sequence[int] | None = None,
 ) -> bytes:
-    """The decisions as CSV bytes, one row per decided training example, by index.
+    """The decisions as CSV bytes, one row per decided (or flagged) training example, by index.
 
     Args:
         decisions: Training index -> decision.
@@ -264,13 +356,20 @@ def export_csv(
         class_names: Names of the classes; adds the ``*_class`` columns.
         predictions: (n_train,) predicted labels; adds ``predicted_label``.
         self_influence: (n_train,) self-influence; adds ``self_influence``.
+        flags: Flagged training indices; adds a ``flagged`` column, and a row with the action
+            ``flag`` for each flagged example without a decision.
 
     Returns:
         UTF-8 CSV with a header: ``train_index, action, new_label, [new_class,] ...``.
     """
-    rows = [_export_row(i, decisions[i], labels, class_names, predictions, self_influence)
-            for i in sorted(decisions)]  # fmt: skip
+    flagged = set() if flags is None else {int(i) for i in flags}
+    rows = [_export_row(i, decisions.get(i), labels, class_names, predictions, self_influence)
+            for i in sorted({*decisions, *flagged})]  # fmt: skip
     columns = _export_columns(labels, class_names, predictions, self_influence)
+    if flags is not None:
+        columns.insert(columns.index("updated"), "flagged")
+        for row in rows:
+            row["flagged"] = row["train_index"] in flagged
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
@@ -297,16 +396,22 @@ def _export_columns(
 
 def _export_row(
     index: int,
-    decision: Decision,
+    decision: Decision | None,
     labels: np.ndarray | None,
     class_names: Sequence[str] | None,
     predictions: np.ndarray | None,
     self_influence: np.ndarray | None,
 ) -> dict[str, Any]:
-    row: dict[str, Any] = {"train_index": index, "action": decision.action,
-                           "new_label": "" if decision.label is None else decision.label,
-                           "updated": decision.updated}  # fmt: skip
-    labelled = {"new": decision.label}
+    action, label, updated = (
+        (decision.action, decision.label, decision.updated) if decision else (FLAG_ACTION, None, "")
+    )
+    row: dict[str, Any] = {
+        "train_index": index,
+        "action": action,
+        "new_label": "" if label is None else label,
+        "updated": updated,
+    }
+    labelled = {"new": label}
     if labels is not None:
         labelled["given"] = row["given_label"] = int(labels[index])
     if predictions is not None:
@@ -373,8 +478,9 @@ def review_queue(
     kind: str = DEFAULT_SUSPICION,
     class_names: Sequence[str] | None = None,
     include_decided: bool = True,
+    flags: Sequence[int] = (),
 ) -> pd.DataFrame:
-    """Training examples ranked by suspicion, with their review status.
+    """Training examples ranked by suspicion, with their review status; flagged ones first.
 
     Args:
         self_influence: (n_train,) self-influence.
@@ -384,11 +490,13 @@ def review_queue(
         kind: The suspicion score (see ``suspicion``).
         class_names: Names of the classes; adds ``given_class`` / ``predicted_class``.
         include_decided: Keep examples that already have a decision.
+        flags: Flagged training indices, in the order they lead the queue.
 
     Returns:
         Columns ``rank``, ``train_index``, ``suspicion``, ``self_influence``, ``given_label``,
-        ``predicted_label``, ``disagrees``, ``status``, ``new_label`` (and class names),
-        most suspicious first; ``rank`` counts over all examples.
+        ``predicted_label``, ``disagrees``, ``status``, ``new_label``, ``flagged`` (and class
+        names): flagged examples first (in flag order), then the others most suspicious first;
+        ``rank`` is the suspicion rank over all examples.
     """
     scores = suspicion(self_influence, labels, predictions, kind)
     order = np.argsort(-scores, kind="stable")
@@ -403,8 +511,131 @@ def review_queue(
     if class_names is not None:
         table["given_class"] = [class_names[label] for label in labels]
         table["predicted_class"] = [class_names[label] for label in predictions]
+    table = _flagged_first(table, flags)
     return table if include_decided else table[table["status"] == UNDECIDED]
+
+
+def _flagged_first(table: pd.DataFrame, flags: Sequence[int]) -> pd.DataFrame:
+    """The table with a ``flagged`` column, flagged rows moved to the front in flag order."""
+    position = {int(index): order for order, index in enumerate(flags)}
+    keys = np.array([position.get(int(i), len(position)) for i in table["train_index"]])
+    table["flagged"] = keys < len(position)
+    return table.iloc[np.argsort(keys, kind="stable")]
 
 
 def _new_label(decision: Decision | None) -> int | None:
     return decision.label if decision is not None else None
+
+
+def suspect_mask(
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    decisions: Mapping[int, Decision],
+    flags: Sequence[int] = (),
+) -> np.ndarray:
+    """(n_train,) True for examples predicted against their label, decided on, or flagged.
+
+    Args:
+        labels: (n_train,) given labels.
+        predictions: (n_train,) predicted labels.
+        decisions: Training index -> decision.
+        flags: Flagged training indices.
+    """
+    suspects = np.asarray(labels).ravel() != np.asarray(predictions).ravel()
+    suspects[[int(i) for i in [*decisions, *flags]]] = True
+    return suspects
+
+
+def mislabel_scores(
+    self_influence: np.ndarray, labels: np.ndarray, predictions: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The suspicion scores a detection panel compares, by display name; the queue's first.
+
+    Args:
+        self_influence: (n_train,) self-influence.
+        labels: (n_train,) given labels.
+        predictions: (n_train,) predicted labels.
+    """
+    return {
+        "mislabel score (queue order)": suspicion(self_influence, labels, predictions),
+        "self-influence": np.asarray(self_influence, dtype=np.float64).ravel(),
+    }
+
+
+def decided_flips(decisions: Mapping[int, Decision], noisy_mask: np.ndarray) -> tuple[int, int]:
+    """How many decided examples had their label flipped on purpose.
+
+    Args:
+        decisions: Training index -> decision.
+        noisy_mask: (n_train,) True where the given label was flipped.
+
+    Returns:
+        ``(flipped, decided)``.
+    """
+    decided = [int(i) for i in decisions]
+    return int(np.asarray(noisy_mask)[decided].sum()) if decided else 0, len(decided)
+
+
+def suggested_label(given_label: int, predicted_label: int, proponent_labels: Sequence[int]) -> int:
+    """The label to propose for a queue item.
+
+    The model's prediction when it disagrees with the given label; otherwise the most common
+    given label among the item's strongest proponents (ties: the label of the stronger
+    proponent); the prediction when there are no proponents.
+
+    Args:
+        given_label: The item's given label.
+        predicted_label: The model's prediction for it.
+        proponent_labels: Given labels of its strongest proponents, strongest first.
+    """
+    if int(predicted_label) != int(given_label) or len(proponent_labels) == 0:
+        return int(predicted_label)
+    labels = [int(label) for label in proponent_labels]
+    counts = {label: labels.count(label) for label in labels}  # insertion order = strength
+    return max(counts, key=counts.__getitem__)
+
+
+# --------------------------------------------------------------------------------------------
+# Verifying the fixes: retraining with the decisions applied
+# --------------------------------------------------------------------------------------------
+
+
+def retrain_report_path(run_dir: str | Path) -> Path:
+    """Where the retraining report of a run's decisions is written."""
+    return Path(run_dir) / RETRAIN_REPORT_FILE
+
+
+def load_retrain_report(run_dir: str | Path) -> dict[str, Any] | None:
+    """The last retraining report of a run (``FixReport.to_dict()``), or None.
+
+    Raises:
+        RunError: The report is not valid JSON.
+    """
+    path = retrain_report_path(run_dir)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as error:
+        raise RunError(f"{path} is not valid JSON: {error}") from error
+
+
+def retrain_command(
+    checkpoint: str | Path, data_spec: str, run_dir: str | Path, seeds: int
+) -> list[str]:
+    """The CLI command retraining with a run's decisions applied, over several seeds.
+
+    Args:
+        checkpoint: The model checkpoint the run was computed from.
+        data_spec: Its dataset spec.
+        run_dir: The run holding ``decisions.json``; the report goes next to it.
+        seeds: Training seeds before and after the fixes.
+
+    Returns:
+        An argv list starting with ``sys.executable -m dropinf retrain``.
+    """
+    return [
+        sys.executable, "-m", "dropinf", "retrain", "--model", str(checkpoint),
+        "--data", data_spec, "--decisions", str(decisions_path(run_dir)),
+        "--seeds", str(seeds), "--out", str(retrain_report_path(run_dir)),
+    ]  # fmt: skip

@@ -171,3 +171,146 @@ def test_review_queue_ranks_and_shows_status():
     assert queue["disagrees"].tolist() == [False, False, True, True]
     open_only = review_queue(self_influence, labels, predictions, decisions, include_decided=False)
     assert open_only["train_index"].tolist() == [1, 0, 2]
+
+
+# ---------------------------------------------------------------- flags
+
+
+def test_flags_persist_newest_first_and_keep_decisions(tmp_path):
+    from dropinf.review import load_flags, update_flags
+
+    assert load_flags(tmp_path) == []
+    save_decisions(tmp_path, DECISIONS)
+    assert update_flags(tmp_path, add=[4, 3]) == [4, 3]
+    assert update_flags(tmp_path, add=[8, 3]) == [8, 3, 4]
+    assert update_flags(tmp_path, remove=[4, 99]) == [8, 3]
+    assert load_flags(tmp_path) == [8, 3] and load_decisions(tmp_path) == DECISIONS
+    assert json.loads(decisions_path(tmp_path).read_text())["flags"] == [8, 3]
+
+
+def test_decision_updates_keep_the_flags(tmp_path):
+    from dropinf.review import load_flags, update_flags
+
+    update_flags(tmp_path, add=[1, 2])
+    update_decisions(tmp_path, {2: Decision("keep")})
+    save_decisions(tmp_path, {5: Decision("remove")})
+    assert load_flags(tmp_path) == [1, 2]
+    save_decisions(tmp_path, {}, flags=[])
+    assert load_flags(tmp_path) == []
+
+
+def test_flags_never_become_fixes(tmp_path):
+    from dropinf.review import update_flags
+
+    update_flags(tmp_path, add=[0, 1, 2])
+    update_decisions(tmp_path, {1: Decision("keep")})
+    assert fixes_from_decisions(load_decisions(tmp_path)) == ([], {})
+    assert set(load_decisions(tmp_path)) == {1}
+
+
+def test_files_without_flags_and_malformed_flags(tmp_path):
+    from dropinf.review import load_flags, parse_flags
+
+    path = decisions_path(tmp_path)
+    path.write_text('{"format": 1, "decisions": {}}')
+    assert load_flags(path) == [] and load_decisions(path) == {}
+    cases = [('{"format": 1, "decisions": {}, "flags": 3}', "'flags' list"),
+             ('{"format": 1, "decisions": {}, "flags": ["a"]}', "indices")]  # fmt: skip
+    for text, message in cases:
+        with pytest.raises(RunError, match=message):
+            parse_flags(text)
+
+
+def test_exports_include_flags():
+    from dropinf.review import parse_flags
+
+    payload = export_json(DECISIONS, [3, 7])
+    assert parse_decisions(payload) == DECISIONS and parse_flags(payload) == [3, 7]
+    rows = list(csv.DictReader(io.StringIO(export_csv(DECISIONS, flags=[3, 7]).decode())))
+    assert [r["train_index"] for r in rows] == ["2", "3", "5", "7", "9"]
+    flagged_only = rows[1]
+    assert flagged_only["action"] == "flag" and flagged_only["flagged"] == "True"
+    assert rows[3]["action"] == "remove" and rows[3]["flagged"] == "True"
+    assert rows[0]["flagged"] == "False"
+    assert "flagged" not in export_csv(DECISIONS).decode().splitlines()[0]
+
+
+def test_review_status_shows_flags_until_decided():
+    status = review_status(10, DECISIONS, flags=[0, 7])
+    assert status[0] == "flagged" and status[7] == "remove" and status[1] == "undecided"
+
+
+def test_review_queue_puts_flagged_first_in_flag_order():
+    self_influence = np.array([5.0, 1.0, 3.0, 0.5, 4.0])
+    labels = predictions = np.zeros(5, dtype=int)
+    queue = review_queue(self_influence, labels, predictions, {1: Decision("keep")},
+                         kind="self_influence", flags=[3, 1])  # fmt: skip
+    assert queue["train_index"].tolist() == [3, 1, 0, 4, 2]
+    assert queue["flagged"].tolist() == [True, True, False, False, False]
+    assert queue["rank"].tolist() == [5, 4, 1, 2, 3]
+    pending = review_queue(self_influence, labels, predictions, {1: Decision("keep")},
+                           kind="self_influence", include_decided=False, flags=[3, 1])  # fmt: skip
+    assert pending["train_index"].tolist() == [3, 0, 4, 2]
+
+
+# ---------------------------------------------------------------- what the pages show
+
+
+def test_suspect_mask():
+    from dropinf.review import suspect_mask
+
+    labels, predictions = np.array([0, 1, 2, 0, 1]), np.array([0, 2, 2, 0, 1])
+    mask = suspect_mask(labels, predictions, {3: Decision("keep")}, flags=[4])
+    assert mask.tolist() == [False, True, False, True, True]
+    assert suspect_mask(labels, predictions, {}).tolist() == [False, True, False, False, False]
+
+
+def test_mislabel_scores_lead_with_the_queue_order():
+    from dropinf.review import mislabel_scores
+
+    self_influence = np.array([5.0, 1.0, 3.0])
+    scores = mislabel_scores(self_influence, np.array([0, 0, 1]), np.array([0, 1, 1]))
+    first, second = scores.values()
+    assert np.argmax(first) == 1, "the disagreement leads the queue"
+    assert second.tolist() == [5.0, 1.0, 3.0]
+
+
+def test_decided_flips():
+    from dropinf.review import decided_flips
+
+    noisy = np.array([False, False, True, False, False, False, False, True, False, False])
+    assert decided_flips(DECISIONS, noisy) == (2, 4)
+    assert decided_flips({}, noisy) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("given", "predicted", "proponents", "expected"),
+    [
+        (1, 2, [1, 1, 1], 2),  # the model disagrees: its prediction
+        (1, 1, [4, 3, 3, 4, 1], 4),  # a tie between 4 and 3: the stronger proponent's label
+        (1, 1, [4, 3, 3], 3),  # the most common label
+        (1, 1, [], 1),  # no proponents
+    ],
+)
+def test_suggested_label(given, predicted, proponents, expected):
+    from dropinf.review import suggested_label
+
+    assert suggested_label(given, predicted, proponents) == expected
+
+
+def test_retrain_command_and_report(tmp_path):
+    import sys
+
+    from dropinf.review import load_retrain_report, retrain_command, retrain_report_path
+
+    command = retrain_command("model.pt", "digits", tmp_path, seeds=3)
+    assert command[:4] == [sys.executable, "-m", "dropinf", "retrain"]
+    assert command[command.index("--decisions") + 1] == str(decisions_path(tmp_path))
+    assert command[command.index("--out") + 1] == str(retrain_report_path(tmp_path))
+    assert command[command.index("--seeds") + 1] == "3"
+    assert load_retrain_report(tmp_path) is None
+    retrain_report_path(tmp_path).write_text('{"summary": {}}')
+    assert load_retrain_report(tmp_path) == {"summary": {}}
+    retrain_report_path(tmp_path).write_text("{half")
+    with pytest.raises(RunError, match="not valid JSON"):
+        load_retrain_report(tmp_path)
