@@ -22,7 +22,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from PIL import Image
 from plotly.colors import qualitative
+from torch import nn
 
+from dropinf.capture import discover_layers
 from dropinf.evaluate import inspection_order, precision_at_k, recall_at_k, roc_auc
 
 PROPONENT_COLOR = "#2e7d32"
@@ -30,6 +32,7 @@ OPPONENT_COLOR = "#c62828"
 NEUTRAL_COLOR = "#90a4ae"
 REVIEW_STATUS_COLORS = {
     "undecided": "#b0bec5",
+    "flagged": "#8e24aa",
     "keep": "#1e88e5",
     "relabel": "#fb8c00",
     "remove": "#e53935",
@@ -466,6 +469,7 @@ def top_influences(
     predictions: np.ndarray | None = None,
     class_names: Sequence[str] | None = None,
     opponents: bool = False,
+    exclude: Sequence[int] = (),
 ) -> pd.DataFrame:
     """The ``k`` strongest proponents (or opponents) of one test example.
 
@@ -476,17 +480,100 @@ def top_influences(
         predictions: (n_train,) the model's predicted labels.
         class_names: Names of the classes; adds ``given_class`` / ``predicted_class``.
         opponents: Most negative scores first instead of most positive.
+        exclude: Training indices never listed (e.g. a training example's own index when the
+            row scores it against the others: it is trivially its own strongest proponent).
 
     Returns:
         Columns ``rank``, ``train_index``, ``score`` and, when given, ``given_label``,
         ``predicted_label`` and the class-name columns.
     """
     scores_row = np.asarray(scores_row).ravel()
-    order = np.argsort(scores_row if opponents else -scores_row, kind="stable")[:k]
+    order = np.argsort(scores_row if opponents else -scores_row, kind="stable")
+    order = order[~np.isin(order, np.asarray(exclude, dtype=np.int64))][:k]
     table = pd.DataFrame(
         {"rank": np.arange(1, order.size + 1), "train_index": order, "score": scores_row[order]}
     )
     return _with_label_columns(table, order, labels, predictions, class_names)
+
+
+def influence_highlights(scores_row: np.ndarray, k: int, name: str) -> dict[str, list[int]]:
+    """The ids of a row's top-k proponents and opponents, as ``gradient_map_figure`` highlights.
+
+    Args:
+        scores_row: (n_train,) scores; + = proponent.
+        k: Ids per group.
+        name: What the row scores, e.g. ``test #7``.
+
+    Returns:
+        ``{"proponents of <name>": ids, "opponents of <name>": ids}``.
+    """
+    return {
+        f"proponents of {name}": top_influences(scores_row, k)["train_index"].tolist(),
+        f"opponents of {name}": top_influences(scores_row, k, opponents=True)[
+            "train_index"
+        ].tolist(),
+    }
+
+
+def example_indices(
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    label: int | None = None,
+    misclassified_only: bool = False,
+) -> list[int]:
+    """Indices of the examples of one class and / or the misclassified ones, in order.
+
+    Args:
+        labels: (n,) true (or given) labels.
+        predictions: (n,) predicted labels.
+        label: Keep only this class; None keeps every class.
+        misclassified_only: Keep only examples predicted against their label.
+    """
+    labels, predictions = np.asarray(labels).ravel(), np.asarray(predictions).ravel()
+    keep = np.ones(labels.size, dtype=bool)
+    if label is not None:
+        keep &= labels == label
+    if misclassified_only:
+        keep &= labels != predictions
+    return np.flatnonzero(keep).tolist()
+
+
+def class_balance(labels: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """Examples per class: columns ``class`` (name) and ``examples`` (count), in class order."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=len(class_names))
+    return pd.DataFrame({"class": list(class_names), "examples": counts[: len(class_names)]})
+
+
+def layer_table(model: nn.Module) -> pd.DataFrame:
+    """The layers whose per-sample gradients a run captures: ``layer``, ``kind``, ``parameters``.
+
+    Raises:
+        NoCapturableLayerError: The model has none.
+    """
+    rows = [
+        {"layer": spec.name, "kind": spec.kind, "parameters": spec.full_dim}
+        for spec in discover_layers(model).specs
+    ]
+    return pd.DataFrame(rows, columns=["layer", "kind", "parameters"])
+
+
+def human_bytes(size: float) -> str:
+    """A byte count in B / KB / MB / GB / TB (powers of 1024), e.g. ``1.5 MB``."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024:
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{size:,.1f} TB"
+
+
+def human_seconds(seconds: float) -> str:
+    """A duration as ``< 1 s``, ``42 s``, ``3 min 5 s`` or ``2 h 10 min``."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 1 else "< 1 s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f} min {seconds % 60:.0f} s"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
 
 
 def _with_label_columns(

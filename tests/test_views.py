@@ -209,3 +209,60 @@ def test_data_uri_and_thumbnail_column():
     shown = views.with_thumbnails(table, lambda i: seen.append(i) or np.zeros((8, 8), np.uint8))
     assert list(shown.columns) == ["image", "train_index", "score"] and seen == [3, 5]
     assert shown["image"].str.startswith("data:image/png").all()
+
+
+def test_top_influences_can_exclude_ids():
+    row = np.array([9.0, 1.0, 5.0, -3.0])
+    table = views.top_influences(row, 2, exclude=[0])
+    assert table["train_index"].tolist() == [2, 1] and table["rank"].tolist() == [1, 2]
+    assert views.top_influences(row, 1, opponents=True, exclude=[3])["train_index"].tolist() == [1]
+
+
+def test_influence_highlights_name_both_groups():
+    highlights = views.influence_highlights(np.array([3.0, -2.0, 1.0, -5.0]), 1, "test #7")
+    assert highlights == {"proponents of test #7": [0], "opponents of test #7": [3]}
+
+
+def test_class_balance_counts_every_class():
+    table = views.class_balance(np.array([0, 2, 2]), CLASS_NAMES)
+    assert table["class"].tolist() == CLASS_NAMES and table["examples"].tolist() == [1, 0, 2]
+
+
+def test_layer_table_lists_the_captured_layers():
+    from torch import nn
+
+    table = views.layer_table(
+        nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    )
+    assert list(table.columns) == ["layer", "kind", "parameters"]
+    assert len(table) == 2 and table["parameters"].sum() == 4 * 3 + 3 + 3 * 2 + 2
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (0, "0 B"),
+        (1023, "1,023 B"),
+        (1536, "1.5 KB"),
+        (5 * 1024**2, "5.0 MB"),
+        (3 * 1024**4, "3.0 TB"),
+    ],
+)
+def test_human_bytes(size, text):
+    assert views.human_bytes(size) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(-1, "< 1 s"), (0.4, "< 1 s"), (42, "42 s"), (185, "3 min 5 s"), (7800, "2 h 10 min")],
+)
+def test_human_seconds(seconds, text):
+    assert views.human_seconds(seconds) == text
+
+
+def test_example_indices_by_class_and_misclassified():
+    labels, predictions = np.array([0, 1, 1, 2, 1]), np.array([0, 2, 1, 2, 0])
+    assert views.example_indices(labels, predictions) == [0, 1, 2, 3, 4]
+    assert views.example_indices(labels, predictions, label=1) == [1, 2, 4]
+    assert views.example_indices(labels, predictions, misclassified_only=True) == [1, 4]
+    assert views.example_indices(labels, predictions, 1, misclassified_only=True) == [1, 4]
