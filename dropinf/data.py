@@ -98,6 +98,39 @@ class DatasetBundle:
         """Number of classes."""
         return len(self.class_names)
 
+    def class_name(self, label: int) -> str:
+        """The display name of a class index (the index itself when it has no name)."""
+        label = int(label)
+        return str(self.class_names[label]) if 0 <= label < len(self.class_names) else str(label)
+
+    def inputs_from_image(self, content: bytes) -> torch.Tensor:
+        """A picture file as a one-example input batch in this dataset's format.
+
+        Image datasets hold (C, H, W) float32 pixels in [0, 1] (the loaders divide uint8 by
+        255), so the picture is converted to grey (C = 1) or RGB (C = 3), resized to (H, W)
+        and scaled the same way.
+
+        Args:
+            content: The bytes of a PNG / JPEG / BMP / ... picture.
+
+        Returns:
+            (1, C, H, W) float32.
+
+        Raises:
+            DatasetError: The bytes are not a readable picture, or the dataset is not made of
+                grey or RGB images.
+        """
+        if len(self.input_shape) != 3 or self.input_shape[0] not in (1, 3):
+            raise DatasetError(
+                f"expected an image dataset of shape (1 or 3, H, W) to take a picture; "
+                f"this one's inputs are {self.input_shape}"
+            )
+        channels, height, width = self.input_shape
+        image = _open_picture(content).convert("L" if channels == 1 else "RGB")
+        pixels = np.asarray(image.resize((width, height)), dtype=np.float32) / 255.0
+        pixels = pixels[None] if channels == 1 else np.moveaxis(pixels, -1, 0)  # (C, H, W)
+        return torch.from_numpy(np.ascontiguousarray(pixels))[None]  # (1, C, H, W)
+
     def split(self, name: str) -> Split:
         """The split called ``train`` or ``test``.
 
@@ -178,6 +211,21 @@ def _check_fixes(
     if both:
         raise DatasetError(f"training indices both removed and relabelled: {both[:10]}")
     return removal_set, relabel_map
+
+
+def _open_picture(content: bytes) -> Any:
+    """A PIL image of picture bytes, fully decoded (so a truncated file fails here)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(content))
+        image.load()
+    except (UnidentifiedImageError, OSError) as error:
+        raise DatasetError(
+            f"expected a picture file (PNG, JPEG, BMP, ...); could not read {len(content):,} "
+            f"bytes as one: {error}"
+        ) from None
+    return image
 
 
 def _to_thumbnail(example: np.ndarray) -> np.ndarray:

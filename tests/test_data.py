@@ -384,3 +384,49 @@ def test_safe_unpickle_allows_plain_containers():
     value = {b"k": [1, "two", b"three", 4.0], b"a": np.arange(3)}
     loaded = safe_unpickle(pickle.dumps(value, protocol=2))
     assert loaded[b"k"] == [1, "two", b"three", 4.0] and np.array_equal(loaded[b"a"], np.arange(3))
+
+
+# ---------------------------------------------------------------- pictures from outside
+
+
+def picture_bytes(pixels: np.ndarray, format: str = "PNG") -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def test_inputs_from_image_matches_the_dataset_format(digits_bundle):
+    thumbnail = digits_bundle.thumbnail("test", 3)  # uint8 (8, 8)
+    inputs = digits_bundle.inputs_from_image(picture_bytes(thumbnail))
+    assert inputs.shape == (1, *digits_bundle.input_shape) and inputs.dtype == torch.float32
+    assert torch.allclose(inputs[0], digits_bundle.test.inputs[3], atol=1 / 255)
+
+
+def test_inputs_from_image_resizes_and_converts_colour(digits_bundle):
+    colour = np.zeros((32, 24, 3), dtype=np.uint8)
+    colour[..., 0] = 255
+    inputs = digits_bundle.inputs_from_image(picture_bytes(colour, "JPEG"))
+    assert inputs.shape == (1, 1, 8, 8) and 0.0 < float(inputs.mean()) < 1.0
+
+
+def test_inputs_from_image_rejects_unreadable_files(digits_bundle):
+    with pytest.raises(DatasetError, match="expected a picture file"):
+        digits_bundle.inputs_from_image(b"not a picture")
+    truncated = picture_bytes(np.zeros((64, 64), dtype=np.uint8))[:60]
+    with pytest.raises(DatasetError, match="expected a picture file"):
+        digits_bundle.inputs_from_image(truncated)
+
+
+def test_inputs_from_image_needs_an_image_dataset(digits_bundle):
+    from dataclasses import replace
+
+    vectors = replace(digits_bundle, input_shape=(64,))
+    with pytest.raises(DatasetError, match="image dataset"):
+        vectors.inputs_from_image(picture_bytes(np.zeros((8, 8), dtype=np.uint8)))
+
+
+def test_class_name(digits_bundle):
+    assert digits_bundle.class_name(3) == str(digits_bundle.class_names[3])
+    assert digits_bundle.class_name(99) == "99" and digits_bundle.class_name(-1) == "-1"
