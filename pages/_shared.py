@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import streamlit as st
+import torch
 
 from dropinf import data, models, paths, review, runs, views
+from dropinf.config import CompressionConfig, CurvatureConfig
 from dropinf.errors import DropinfError
 from dropinf.store import RunStore
 
@@ -333,24 +335,6 @@ def thumbnail(bundle: data.DatasetBundle, split: str, index: int) -> bytes:
     return views.thumbnail_png(bundle.thumbnail(split, index))
 
 
-def class_name(bundle: data.DatasetBundle, label: int) -> str:
-    """The display name of a class index."""
-    label = int(label)
-    if 0 <= label < len(bundle.class_names):
-        return str(bundle.class_names[label])
-    return str(label)
-
-
-def context_dict(context: Context) -> dict[str, Any]:
-    """A JSON-ready dict of a context (for display)."""
-    return asdict(context)
-
-
-def as_int_array(values: Any) -> np.ndarray:
-    """An int64 numpy view of labels coming from the store."""
-    return np.asarray(values).astype(np.int64, copy=False)
-
-
 @st.cache_data(show_spinner="Evaluating the model…", max_entries=16)
 def model_facts(context: Context) -> dict[str, Any]:
     """Parameters, capturable layers, accuracies and class balance of a model + dataset pair.
@@ -359,129 +343,34 @@ def model_facts(context: Context) -> dict[str, Any]:
         context: The loaded context (the cache key).
 
     Returns:
-        ``parameters`` (int), ``layers`` (list of dicts), ``train_accuracy`` and
-        ``test_accuracy`` (floats), ``class_balance`` (DataFrame with ``class``, ``examples``).
+        ``parameters`` (int), ``layers`` (DataFrame, ``views.layer_table``), ``train_accuracy``
+        and ``test_accuracy`` (floats), ``class_balance`` (DataFrame, ``views.class_balance``).
     """
     from dropinf.train import evaluate
 
     loaded, bundle = load_context(context)
     train_accuracy, _ = evaluate(loaded.model, bundle.train)
     test_accuracy, _ = evaluate(loaded.model, bundle.test)
-    counts = np.bincount(as_int_array(bundle.train.labels.numpy()), minlength=bundle.num_classes)
     return {
         "parameters": models.count_parameters(loaded.model),
-        "layers": capturable_layers(loaded.model),
+        "layers": views.layer_table(loaded.model),
         "train_accuracy": train_accuracy,
         "test_accuracy": test_accuracy,
-        "class_balance": pd.DataFrame({"class": bundle.class_names, "examples": counts}),
+        "class_balance": views.class_balance(bundle.train.labels.numpy(), bundle.class_names),
     }
-
-
-def capturable_layers(model: Any) -> list[dict[str, Any]]:
-    """The layers whose per-sample gradients a run captures, as table rows.
-
-    Raises:
-        NoCapturableLayerError: When the model has none.
-    """
-    from dropinf.capture import discover_layers
-
-    return [
-        {"layer": spec.name, "kind": spec.kind, "parameters": spec.full_dim}
-        for spec in discover_layers(model).specs
-    ]
 
 
 @st.cache_data(show_spinner="Estimating k, store size and time…", max_entries=64)
-def run_estimate(context: Context, compression: Any, curvature: Any) -> dict[str, float]:
-    """k, gradient-store size and a time estimate of a run, from timed samples on this machine.
+def run_estimate(
+    context: Context, compression: CompressionConfig, curvature: CurvatureConfig
+) -> runs.RunEstimate:
+    """The estimate of a run of the loaded model + dataset (``runs.estimate_run``), cached.
 
-    Time = one timed capture batch scaled to the training + test examples, plus the curvature
-    blocks' dense algebra (``d³`` to factor, ``4·n·d²`` to accumulate and precondition each
-    block of size d) at the measured matmul rate.
-
-    Args:
-        context: The loaded model + dataset.
-        compression: The ``CompressionConfig`` of the run.
-        curvature: The ``CurvatureConfig`` of the run.
-
-    Returns:
-        ``k`` (int), ``store_bytes`` (float16 store of the training set) and ``seconds``.
+    Raises:
+        DropinfError: When the context cannot be loaded or the model has no capturable layer.
     """
-    from dropinf.capture import discover_layers
-
     loaded, bundle = load_context(context)
-    layout = discover_layers(loaded.model)
-    capture = _timing_capture(loaded.model, layout, compression)
-    per_example = _seconds_per_example(capture, bundle)
-    n_examples = len(bundle.train) + len(bundle.test)
-    kind = curvature.resolve_kind(capture.k)
-    blocks = {"full": [capture.k], "block": [c.k for c in capture.compressors]}.get(kind, [])
-    algebra = sum(d**3 + 4 * n_examples * d**2 for d in blocks) / _matmul_flops_per_s()
-    return {
-        "k": capture.k,
-        "store_bytes": float(capture.k * len(bundle.train) * 2),
-        "seconds": per_example * n_examples + algebra,
-    }
-
-
-def _timing_capture(model: Any, layout: Any, compression: Any) -> Any:
-    """A gradient capture with the run's compressors (uniform masks: no calibration pass)."""
-    from dataclasses import replace
-
-    from dropinf.capture import GradientCapture
-    from dropinf.compress import build_compressor
-
-    timing = replace(compression, mask="uniform")
-    compressors = [build_compressor(spec, timing, i) for i, spec in enumerate(layout.specs)]
-    return GradientCapture(model, layout, compressors)
-
-
-def _seconds_per_example(capture: Any, bundle: data.DatasetBundle) -> float:
-    """Seconds one example takes through the capture (second of two timed batches)."""
-    import time
-
-    from torch.utils.data import DataLoader
-
-    from dropinf.losses import cross_entropy_per_sample
-
-    batch = next(iter(DataLoader(bundle.train, batch_size=64)))
-    capture.capture(cross_entropy_per_sample, batch)
-    started = time.perf_counter()
-    capture.capture(cross_entropy_per_sample, batch)
-    return (time.perf_counter() - started) / len(batch[0])
-
-
-@st.cache_resource
-def _matmul_flops_per_s() -> float:
-    """Dense float32 matmul throughput of this machine (one 1024² product, timed)."""
-    import time
-
-    import torch
-
-    matrix = torch.randn(1024, 1024)
-    torch.mm(matrix, matrix)
-    started = time.perf_counter()
-    torch.mm(matrix, matrix)
-    return 2 * 1024**3 / max(time.perf_counter() - started, 1e-9)
-
-
-def human_bytes(size: float) -> str:
-    """A byte count in B / KB / MB / GB / TB."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024:
-            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1024
-    return f"{size:,.1f} TB"
-
-
-def human_seconds(seconds: float) -> str:
-    """A duration as ``42 s``, ``3 min 5 s`` or ``2 h 10 min``."""
-    seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{seconds:.0f} s" if seconds >= 1 else "< 1 s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f} min {seconds % 60:.0f} s"
-    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:.0f} min"
+    return runs.estimate_run(loaded.model, bundle, compression, curvature)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,8 +393,8 @@ def example_describer(bundle: data.DatasetBundle, meta: dict[str, np.ndarray]) -
         label, prediction = int(meta["label"][index]), int(meta["prediction"][index])
         mark = "" if label == prediction else "  ✗"
         return (
-            f"#{index} · {class_name(bundle, label)} → predicted "
-            f"{class_name(bundle, prediction)}{mark}"
+            f"#{index} · {bundle.class_name(label)} → predicted "
+            f"{bundle.class_name(prediction)}{mark}"
         )
 
     return describe
@@ -527,10 +416,9 @@ def top_examples(store: RunStore, row: np.ndarray, k: int, sign: float) -> pd.Da
 def suspect_mask(store: RunStore) -> np.ndarray:
     """True for examples flagged, decided, or whose prediction differs from the given label."""
     meta = store.train_metadata()
-    suspects = np.asarray(meta["label"]) != np.asarray(meta["prediction"])
-    for index in [*load_decisions(store.run_dir), *flagged(store.run_dir)]:
-        suspects[int(index)] = True
-    return suspects
+    return review.suspect_mask(
+        meta["label"], meta["prediction"], load_decisions(store.run_dir), load_flags(store.run_dir)
+    )
 
 
 def score_html(score: float) -> str:
@@ -546,8 +434,8 @@ def train_caption(bundle: data.DatasetBundle, item: Any, suspects: np.ndarray) -
     return caption_html(
         [
             f"#{index}{flag} · {score_html(float(item.score))}",
-            f"given <b>{class_name(bundle, item.given_label)}</b>"
-            f' <span class="muted">pred {class_name(bundle, item.predicted_label)}</span>',
+            f"given <b>{bundle.class_name(item.given_label)}</b>"
+            f' <span class="muted">pred {bundle.class_name(item.predicted_label)}</span>',
         ]
     )
 
@@ -560,8 +448,8 @@ def train_caption_for(
     return caption_html(
         [
             f"#{index}{flag}",
-            f"given <b>{class_name(bundle, meta['label'][index])}</b>"
-            f' <span class="muted">pred {class_name(bundle, meta["prediction"][index])}</span>',
+            f"given <b>{bundle.class_name(meta['label'][index])}</b>"
+            f' <span class="muted">pred {bundle.class_name(meta["prediction"][index])}</span>',
         ]
     )
 
@@ -573,8 +461,8 @@ def test_caption(
     return caption_html(
         [
             f"test #{index} · {score_html(score)}",
-            f"true <b>{class_name(bundle, meta['label'][index])}</b>"
-            f' <span class="muted">pred {class_name(bundle, meta["prediction"][index])}</span>',
+            f"true <b>{bundle.class_name(meta['label'][index])}</b>"
+            f' <span class="muted">pred {bundle.class_name(meta["prediction"][index])}</span>',
         ]
     )
 
@@ -609,8 +497,8 @@ def undo_last_decision(run_dir: Path) -> None:
     review.update_decisions(review.decisions_path(run_dir), {int(i): None for i in indices})
 
 
-def review_queue(store: RunStore, bundle: data.DatasetBundle) -> pd.DataFrame:
-    """Training examples ranked by the mislabel score, with their review status."""
+def pending_queue(store: RunStore, bundle: data.DatasetBundle) -> pd.DataFrame:
+    """Undecided training examples: flagged ones first, then by the mislabel score."""
     meta = store.train_metadata()
     return review.review_queue(
         store.self_influence(),
@@ -618,19 +506,15 @@ def review_queue(store: RunStore, bundle: data.DatasetBundle) -> pd.DataFrame:
         meta["prediction"],
         load_decisions(store.run_dir),
         class_names=bundle.class_names,
+        include_decided=False,
+        flags=load_flags(store.run_dir),
     )
 
 
 def mislabel_scores(store: RunStore) -> dict[str, np.ndarray]:
     """The suspicion scores the detection panel compares, by display name."""
     meta = store.train_metadata()
-    self_influence = store.self_influence()
-    return {
-        "mislabel score (queue order)": review.suspicion(
-            self_influence, meta["label"], meta["prediction"]
-        ),
-        "self-influence": np.asarray(self_influence),
-    }
+    return review.mislabel_scores(store.self_influence(), meta["label"], meta["prediction"])
 
 
 @st.cache_resource(show_spinner="Opening the run's influence engine…", max_entries=4)
@@ -654,103 +538,37 @@ def training_example_scores(run_dir: str, context: Context, index: int) -> np.nd
 
 def proponents_table(store: RunStore, context: Context, index: int, k: int) -> pd.DataFrame:
     """The k strongest proponents of a training example among the others."""
-    row = training_example_scores(str(store.run_dir), context, index).copy()
-    row[index] = -np.inf  # an example is trivially its own strongest proponent
+    row = training_example_scores(str(store.run_dir), context, index)
     meta = store.train_metadata()
-    return views.top_influences(row, k, labels=meta["label"], predictions=meta["prediction"])
+    return views.top_influences(
+        row, k, labels=meta["label"], predictions=meta["prediction"], exclude=[index]
+    )
 
 
-def retrain_report_path(run_dir: Path) -> Path:
-    """Where the retraining report of a run's decisions is written."""
-    return Path(run_dir) / "retrain_report.json"
+def load_flags(run_dir: Path) -> list[int]:
+    """The run's flagged training examples, most recently flagged first."""
+    return review.load_flags(review.decisions_path(run_dir))
 
 
-def read_retrain_report(run_dir: Path) -> dict[str, Any] | None:
-    """The last retraining report of a run, if any."""
-    path = retrain_report_path(run_dir)
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def suggested_label(item: Any, proponents: pd.DataFrame) -> int:
-    """The label to propose for a queue item.
-
-    The model's prediction when it disagrees with the given label; otherwise the most common
-    given label among the item's strongest proponents (ties: the stronger proponent's label).
-
-    Args:
-        item: A ``review_queue`` row (``given_label``, ``predicted_label``).
-        proponents: Its ``proponents_table`` (``given_label`` column, strongest first).
-    """
-    if int(item["predicted_label"]) != int(item["given_label"]) or proponents.empty:
-        return int(item["predicted_label"])
-    return int(proponents["given_label"].mode().iloc[0])
-
-
-def flagged(run_dir: Path) -> list[int]:
-    """Training examples flagged for review in this session (from the gradient map)."""
-    return st.session_state.get("flagged", {}).get(Path(run_dir).name, [])
-
-
-def flag_for_review(ids: Sequence[int]) -> None:
-    """Flag training examples of the current run: they lead its review queue (a callback)."""
-    run_dir = current_run_dir()
-    if run_dir is None:
-        return
-    by_run = st.session_state.setdefault("flagged", {})
-    by_run[run_dir.name] = list(dict.fromkeys([*map(int, ids), *by_run.get(run_dir.name, [])]))
+def flag_for_review(run_dir: Path, ids: Sequence[int]) -> None:
+    """Flag training examples: they lead the run's review queue (a button callback)."""
+    review.update_flags(review.decisions_path(run_dir), add=ids)
     st.toast(f"Flagged {len(ids):,} examples: they lead the Label-issues queue.", icon="🚩")
 
 
-def flagged_first(queue: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
-    """The queue with this session's flagged examples moved to the front (in flag order)."""
-    ids = flagged(run_dir)
-    if not ids:
-        return queue
-    position = {index: order for order, index in enumerate(ids)}
-    keys = queue["train_index"].map(lambda i: position.get(int(i), len(ids)))
-    return queue.iloc[np.argsort(keys.to_numpy(), kind="stable")]
+def unflag(run_dir: Path, ids: Sequence[int]) -> None:
+    """Clear the flags of training examples (a button callback)."""
+    review.update_flags(review.decisions_path(run_dir), remove=ids)
 
 
-def image_to_inputs(bundle: data.DatasetBundle, content: bytes) -> Any:
-    """An uploaded picture as a one-example input batch in the dataset's format.
-
-    Image datasets hold (C, H, W) float32 pixels in [0, 1] (the loaders divide uint8 by 255), so
-    the picture is converted to grey or RGB, resized to (H, W) and scaled the same way.
-
-    Raises:
-        DatasetError: When the bytes are not a picture or the dataset is not made of images.
-    """
-    import io
-
-    import torch
-    from PIL import Image, UnidentifiedImageError
-
-    from dropinf.errors import DatasetError
-
-    if len(bundle.input_shape) != 3 or bundle.input_shape[0] not in (1, 3):
-        raise DatasetError(f"expected an image dataset (C, H, W); found {bundle.input_shape}")
-    channels, height, width = bundle.input_shape
-    try:
-        image = Image.open(io.BytesIO(content)).convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise DatasetError(f"expected a PNG / JPEG / BMP picture; {error}") from None
-    pixels = np.asarray(image.resize((width, height)), dtype=np.float32) / 255.0
-    pixels = pixels[None] if channels == 1 else np.moveaxis(pixels, -1, 0)  # (C, H, W)
-    return torch.from_numpy(np.ascontiguousarray(pixels))[None]  # (1, C, H, W)
-
-
-def predict(context: Context, inputs: Any) -> int:
+def predict(context: Context, inputs: torch.Tensor) -> int:
     """The model's predicted class of a one-example batch."""
-    import torch
-
     loaded, _ = load_context(context)
     with torch.no_grad():
         return int(loaded.model(inputs).argmax(dim=1)[0])
 
 
-def query_scores(run_dir: str, context: Context, inputs: Any, label: int) -> np.ndarray:
+def query_scores(run_dir: str, context: Context, inputs: torch.Tensor, label: int) -> np.ndarray:
     """(n_train,) influence of every training example on a new example (a run query)."""
-    import torch
-
     batch = (inputs, torch.tensor([label], dtype=torch.int64))
     return influence_engine(run_dir, context).query(batch)[0].numpy()

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from dropinf import runs
+from dropinf import runs, views
 from dropinf.config import COMPRESSION_METHODS, CURVATURE_KINDS, CompressionConfig, CurvatureConfig
 from dropinf.errors import DropinfError
 from pages import _shared as ui
@@ -90,11 +90,11 @@ def estimate_panel(
         ui.show_error(error)
         return
     cols = st.columns(3)
-    cols[0].metric("Compressed dimension k", f"{estimate['k']:,}")
-    cols[1].metric("Gradient store", ui.human_bytes(estimate["store_bytes"]))
+    cols[0].metric("Compressed dimension k", f"{estimate.k:,}")
+    cols[1].metric("Gradient store", views.human_bytes(estimate.store_bytes))
     cols[2].metric(
         "Estimated time",
-        f"≈ {ui.human_seconds(estimate['seconds'])}",
+        f"≈ {views.human_seconds(estimate.seconds)}",
         help="A timed capture batch and the curvature algebra at this machine's "
         "measured speed; on a busy machine it takes longer.",
     )
@@ -141,7 +141,7 @@ def progress_panel(run_dir: Path) -> None:
     cols = st.columns([1, 1, 1])
     speed = f"{status.examples_per_s:,.0f}" if status.examples_per_s else "—"
     cols[0].metric("Examples / s", speed)
-    cols[1].metric("ETA", ui.human_seconds(status.eta_s) if status.eta_s is not None else "—")
+    cols[1].metric("ETA", views.human_seconds(status.eta_s) if status.eta_s is not None else "—")
     if cols[2].button("Cancel", icon=":material/stop_circle:", key="cancel"):
         ui.job_runner().cancel(run_dir)
         st.rerun()

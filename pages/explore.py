@@ -16,18 +16,16 @@ MODES = ["By index", "By class", "Misclassified only", "Upload an image"]
 
 def test_candidates(bundle: DatasetBundle, meta: dict[str, np.ndarray], mode: str) -> list[int]:
     """The test indices the chosen mode offers."""
-    labels, predictions = meta["label"], meta["prediction"]
+    label = None
     if mode == "By class":
         label = st.selectbox(
             "Class",
             range(bundle.num_classes),
             key="explore_class",
-            format_func=lambda c: ui.class_name(bundle, c),
+            format_func=bundle.class_name,
         )
-        return np.flatnonzero(labels == label).tolist()
-    if mode == "Misclassified only":
-        return np.flatnonzero(labels != predictions).tolist()
-    return list(range(len(labels)))
+    misclassified_only = mode == "Misclassified only"
+    return views.example_indices(meta["label"], meta["prediction"], label, misclassified_only)
 
 
 def choose_test_example(
@@ -56,10 +54,10 @@ def example_panel(bundle: DatasetBundle, meta: dict[str, np.ndarray], index: int
     """The test example's image, true and predicted label, and loss."""
     st.image(ui.thumbnail(bundle, "test", index), width=150, caption=f"test #{index}")
     label, prediction = int(meta["label"][index]), int(meta["prediction"][index])
-    st.metric("True label", ui.class_name(bundle, label))
+    st.metric("True label", bundle.class_name(label))
     st.metric(
         "Predicted",
-        ui.class_name(bundle, prediction),
+        bundle.class_name(prediction),
         delta="correct" if label == prediction else "wrong",
         delta_color="normal" if label == prediction else "inverse",
     )
@@ -95,8 +93,8 @@ def train_detail(store: RunStore, bundle: DatasetBundle, scores: np.ndarray, ind
     left, right = st.columns([1, 4])
     with left:
         st.image(ui.thumbnail(bundle, "train", index), width=120)
-        st.metric("Given label", ui.class_name(bundle, int(meta["label"][index])))
-        st.metric("Predicted", ui.class_name(bundle, int(meta["prediction"][index])))
+        st.metric("Given label", bundle.class_name(int(meta["label"][index])))
+        st.metric("Predicted", bundle.class_name(int(meta["prediction"][index])))
         st.metric("Self-influence", f"{float(store.self_influence()[index]):.3g}")
     with right:
         column = np.asarray(scores[:, index])  # (n_test,)
@@ -129,7 +127,7 @@ def uploaded_example(store: RunStore, context: ui.Context, bundle: DatasetBundle
         st.caption(f"It is converted to the dataset's input shape {bundle.input_shape}.")
         return
     try:
-        inputs = ui.image_to_inputs(bundle, upload.getvalue())
+        inputs = bundle.inputs_from_image(upload.getvalue())
         prediction = ui.predict(context, inputs)
     except DropinfError as error:
         ui.show_error(error)
@@ -137,12 +135,12 @@ def uploaded_example(store: RunStore, context: ui.Context, bundle: DatasetBundle
     left, right = st.columns([1, 4], gap="large")
     with left:
         st.image(upload.getvalue(), width=150, caption=upload.name)
-        st.metric("Predicted", ui.class_name(bundle, prediction))
+        st.metric("Predicted", bundle.class_name(prediction))
         label = st.selectbox(
             "Its label",
             range(bundle.num_classes),
             index=prediction,
-            format_func=lambda c: ui.class_name(bundle, c),
+            format_func=bundle.class_name,
             key="upload_label",
         )
     row = ui.query_scores(str(store.run_dir), context, inputs, int(label))

@@ -60,7 +60,8 @@ def colour_values(store: RunStore, colour: str) -> np.ndarray:
         return meta["prediction"]
     if colour == "Self-influence":
         return np.asarray(store.self_influence(), dtype=np.float64)
-    return review.review_status(len(meta["label"]), ui.load_decisions(store.run_dir))
+    decisions, flags = ui.load_decisions(store.run_dir), ui.load_flags(store.run_dir)
+    return review.review_status(len(meta["label"]), decisions, flags)
 
 
 def test_highlights(store: RunStore, overlay: bool) -> dict[str, list[int]]:
@@ -69,12 +70,7 @@ def test_highlights(store: RunStore, overlay: bool) -> dict[str, list[int]]:
         return {}
     test_index = ui.url_int("test", 0)
     row = np.asarray(store.test_scores()[test_index])  # (n_train,)
-    return {
-        f"proponents of test #{test_index}": views.top_influences(row, 20)["train_index"].tolist(),
-        f"opponents of test #{test_index}": views.top_influences(row, 20, opponents=True)[
-            "train_index"
-        ].tolist(),
-    }
+    return views.influence_highlights(row, 20, f"test #{test_index}")
 
 
 def map_figure(
@@ -86,8 +82,8 @@ def map_figure(
     figure = views.gradient_map_figure(
         coords, color_values=colour_values(store, colour), color_name=colour.lower(),
         category_names=names, highlights=test_highlights(store, overlay),
-        hover_fields={"given": [bundle.class_names[i] for i in meta["label"]],
-                      "predicted": [bundle.class_names[i] for i in meta["prediction"]]},
+        hover_fields={"given": [bundle.class_name(i) for i in meta["label"]],
+                      "predicted": [bundle.class_name(i) for i in meta["prediction"]]},
     )  # fmt: skip
     figure.update_layout(dragmode="select", height=560, margin={"t": 30})
     return figure
@@ -102,13 +98,13 @@ def selection_panel(store: RunStore, bundle: DatasetBundle, ids: list[int]) -> N
     shown = ids[:MAX_SHOWN]
     captions = [ui.train_caption_for(bundle, meta, i, suspects) for i in shown]
     ui.gallery(bundle, "train", shown, captions, columns=9)
-    cols = st.columns([2, 2, 2, 3])
+    cols = st.columns([2, 2, 2, 2, 1])
     cols[0].button(
         f"Flag {len(ids):,} for review",
         icon=":material/flag:",
         key="flag_selected",
         on_click=ui.flag_for_review,
-        args=(ids,),
+        args=(store.run_dir, ids),
         type="primary",
     )
     cols[1].button(
@@ -124,6 +120,14 @@ def selection_panel(store: RunStore, bundle: DatasetBundle, ids: list[int]) -> N
         key="remove_selected",
         on_click=ui.decide,
         args=(store.run_dir, ids, "remove"),
+    )
+    cols[3].button(
+        "Unmark",  # no "flag" in the name: the browser test finds the Flag button by name
+        icon=":material/remove_done:",
+        key="unflag_selected",
+        on_click=ui.unflag,
+        args=(store.run_dir, ids),
+        disabled=not set(ids) & set(ui.load_flags(store.run_dir)),
     )
 
 

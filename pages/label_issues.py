@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +14,6 @@ from dropinf.errors import DropinfError
 from dropinf.store import RunStore
 from pages import _shared as ui
 
-RETRAIN_JOB = "retrain"
 RETRAIN_SEEDS = 3
 PROPONENTS_SHOWN = 8
 QUEUE_CHOICES = 50
@@ -56,18 +54,18 @@ def detection_panel(store: RunStore, bundle: DatasetBundle) -> None:
 
 def reviewed_share(store: RunStore, bundle: DatasetBundle) -> str:
     """How many of the decided examples were truly flipped, e.g. ``4 / 5``."""
-    decided = list(ui.load_decisions(store.run_dir))
-    hits = int(bundle.noisy_mask[decided].sum()) if decided else 0
-    return f"{hits} / {len(decided)}"
+    flipped, decided = review.decided_flips(ui.load_decisions(store.run_dir), bundle.noisy_mask)
+    return f"{flipped} / {decided}"
 
 
 def choose_item(pending: pd.DataFrame, bundle: DatasetBundle) -> pd.Series:
     """The queue item to review: the most suspicious pending one unless another is picked."""
     top = pending.head(QUEUE_CHOICES)
     names = {
-        int(r.train_index): f"rank {int(r.rank)} · train #{int(r.train_index)} · given "
-        f"{ui.class_name(bundle, r.given_label)}, predicted "
-        f"{ui.class_name(bundle, r.predicted_label)}"
+        int(r.train_index): f"{'⚑ ' if r.flagged else ''}rank {int(r.rank)} · "
+        f"train #{int(r.train_index)} · given "
+        f"{bundle.class_name(r.given_label)}, predicted "
+        f"{bundle.class_name(r.predicted_label)}"
         for r in top.itertuples()
     }
     index = st.selectbox(
@@ -83,14 +81,16 @@ def item_card(store: RunStore, context: ui.Context, bundle: DatasetBundle, item:
     """One queue item: image, labels, suggestion, its strongest proponents and the actions."""
     index = int(item["train_index"])
     proponents = ui.proponents_table(store, context, index, PROPONENTS_SHOWN)
-    suggested = ui.suggested_label(item, proponents)
+    suggested = review.suggested_label(
+        item["given_label"], item["predicted_label"], proponents["given_label"].tolist()
+    )
     left, right = st.columns([1, 3], gap="large")
     with left:
         st.image(ui.thumbnail(bundle, "train", index), width=160, caption=f"train #{index}")
         cols = st.columns(2)
-        cols[0].metric("Given", ui.class_name(bundle, int(item["given_label"])))
-        cols[1].metric("Predicted", ui.class_name(bundle, int(item["predicted_label"])))
-        cols[0].metric("Suggested", ui.class_name(bundle, suggested))
+        cols[0].metric("Given", bundle.class_name(int(item["given_label"])))
+        cols[1].metric("Predicted", bundle.class_name(int(item["predicted_label"])))
+        cols[0].metric("Suggested", bundle.class_name(suggested))
         cols[1].metric("Rank", f"{int(item['rank']):,}")
     with right:
         st.markdown(
@@ -112,7 +112,7 @@ def actions(run_dir: Path, bundle: DatasetBundle, index: int, suggested: int) ->
         "Relabel as",
         classes,
         index=classes.index(suggested),
-        format_func=lambda c: ui.class_name(bundle, c),
+        format_func=bundle.class_name,
         key=f"new_{index}",
     )
     cols = st.columns([1, 1, 1, 1])
@@ -158,15 +158,22 @@ def actions(run_dir: Path, bundle: DatasetBundle, index: int, suggested: int) ->
 
 
 def export_panel(store: RunStore, bundle: DatasetBundle) -> None:
-    """The decisions so far, and their CSV / JSON downloads."""
-    decisions = ui.load_decisions(store.run_dir)
+    """The decisions and flags so far, and their CSV / JSON downloads."""
+    decisions, flags = ui.load_decisions(store.run_dir), ui.load_flags(store.run_dir)
     st.subheader(f"Decisions ({len(decisions):,})")
-    if not decisions:
+    if flags:
+        st.caption(f"{len(flags):,} examples flagged for review (they lead the queue).")
+    if not decisions and not flags:
         st.caption("No decisions yet.")
         return
     meta = store.train_metadata()
     csv = review.export_csv(
-        decisions, meta["label"], bundle.class_names, meta["prediction"], store.self_influence()
+        decisions,
+        meta["label"],
+        bundle.class_names,
+        meta["prediction"],
+        store.self_influence(),
+        flags=flags,
     )
     st.dataframe(pd.read_csv(io.BytesIO(csv)), hide_index=True, height=180)
     cols = st.columns([1, 1, 4])
@@ -175,7 +182,7 @@ def export_panel(store: RunStore, bundle: DatasetBundle) -> None:
     )
     cols[1].download_button(
         "Export JSON",
-        review.export_json(decisions),
+        review.export_json(decisions, flags),
         "decisions.json",
         "application/json",
         key="export_json",
@@ -183,30 +190,10 @@ def export_panel(store: RunStore, bundle: DatasetBundle) -> None:
     )
 
 
-def retrain_command(context: ui.Context, run_dir: Path) -> list[str]:
-    """The CLI command retraining with the decisions applied, over several seeds."""
-    return [
-        sys.executable,
-        "-m",
-        "dropinf",
-        "retrain",
-        "--model",
-        context.checkpoint,
-        "--data",
-        context.data_spec,
-        "--decisions",
-        str(review.decisions_path(run_dir)),
-        "--seeds",
-        str(RETRAIN_SEEDS),
-        "--out",
-        str(ui.retrain_report_path(run_dir)),
-    ]
-
-
 @st.fragment(run_every=1.0)
 def retrain_progress(run_dir: Path) -> None:
     """Polls the retrain job; reruns the page once it has finished."""
-    if ui.job_runner().status(run_dir, RETRAIN_JOB).is_active:
+    if ui.job_runner().status(run_dir, review.RETRAIN_JOB).is_active:
         st.progress(0.5, text=f"Retraining before and after your fixes ({RETRAIN_SEEDS} seeds)…")
     else:
         st.rerun()
@@ -233,13 +220,18 @@ def report_panel(report: dict) -> None:
 def verify_panel(context: ui.Context, run_dir: Path) -> None:
     """Retrain with the decisions applied and compare test accuracy before / after."""
     st.subheader("Verify the fixes")
-    status = ui.job_runner().status(run_dir, RETRAIN_JOB)
+    status = ui.job_runner().status(run_dir, review.RETRAIN_JOB)
     if status.is_active:
         retrain_progress(run_dir)
         return
     if status.state == "failed":
         st.error(f"Retraining failed: {status.error}")
-    if (report := ui.read_retrain_report(run_dir)) is not None:
+    try:
+        report = review.load_retrain_report(run_dir)
+    except DropinfError as error:
+        ui.show_error(error)
+        report = None
+    if report is not None:
         report_panel(report)
     if st.button(
         f"Retrain with the decisions ({RETRAIN_SEEDS} seeds)",
@@ -247,10 +239,11 @@ def verify_panel(context: ui.Context, run_dir: Path) -> None:
         icon=":material/model_training:",
         disabled=not ui.load_decisions(run_dir),
     ):
+        command = review.retrain_command(
+            context.checkpoint, context.data_spec, run_dir, RETRAIN_SEEDS
+        )
         try:
-            ui.job_runner().start(
-                retrain_command(context, run_dir), run_dir, name=RETRAIN_JOB, force=True
-            )
+            ui.job_runner().start(command, run_dir, name=review.RETRAIN_JOB, force=True)
         except DropinfError as error:
             ui.show_error(error)
             return
@@ -264,13 +257,12 @@ def main() -> None:
         return
     try:
         _, bundle = ui.load_context(context)
-        queue = ui.review_queue(store, bundle)
+        pending = ui.pending_queue(store, bundle)
     except DropinfError as error:
         ui.show_error(error)
         return
     detection_panel(store, bundle)
     st.subheader("Review queue")
-    pending = ui.flagged_first(queue[queue["status"] == review.UNDECIDED], store.run_dir)
     if pending.empty:
         st.success("Every training example has a decision.")
     else:

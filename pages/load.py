@@ -2,50 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
 from dropinf import data, models, paths
-from dropinf.errors import ConfigError, DropinfError
+from dropinf.errors import DropinfError
 from pages import _shared as ui
-
-
-def data_root() -> Path:
-    """The folder server-side paths are resolved in: ``$DROPINF_DATA_ROOT`` or the dropinf home."""
-    root = os.environ.get("DROPINF_DATA_ROOT")
-    return Path(root).expanduser().resolve() if root else paths.home_dir()
-
-
-def server_path(text: str) -> Path:
-    """A path typed by the analyst, resolved inside the data root.
-
-    Raises:
-        ConfigError: When the path escapes the data root or does not exist.
-    """
-    root = data_root()
-    path = (root / text.strip()).resolve()
-    if not path.is_relative_to(root):
-        raise ConfigError(f"expected a path inside the data root {root}, got {text!r}")
-    if not path.exists():
-        raise ConfigError(f"expected an existing file or folder under {root}; none at {path}")
-    return path
-
-
-def save_upload(upload: st.runtime.uploaded_file_manager.UploadedFile) -> Path:
-    """Store an uploaded checkpoint under the dropinf home, named by its content hash."""
-    content = upload.getvalue()
-    digest = hashlib.sha256(content).hexdigest()[:16]
-    folder = paths.home_dir() / "uploads"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{digest}-{Path(upload.name).name}"
-    if not path.exists():
-        path.write_bytes(content)
-    return path
 
 
 def demo_panel() -> None:
@@ -75,11 +39,11 @@ def checkpoint_input() -> Path | None:
         upload = st.file_uploader(
             "Checkpoint (.safetensors or .pt)", type=["safetensors", "pt"], key="ckpt_upload"
         )
-        return save_upload(upload) if upload is not None else None
+        return paths.save_upload(upload.getvalue(), upload.name) if upload is not None else None
     text = st.text_input(
-        "Checkpoint path", help=f"Relative to the data root {data_root()}", key="ckpt_path"
+        "Checkpoint path", help=f"Relative to the data root {paths.data_root()}", key="ckpt_path"
     )
-    return server_path(text) if text.strip() else None
+    return paths.path_under_data_root(text) if text.strip() else None
 
 
 def dataset_input() -> str:
@@ -102,7 +66,7 @@ def dataset_input() -> str:
     if source == "digits":
         return text.strip()
     options = text.strip()[len(source) :]  # ":noise=0.1,..." or ""
-    return f"{server_path(source)}{options}"
+    return f"{paths.path_under_data_root(source)}{options}"
 
 
 def own_model_panel() -> None:
@@ -164,7 +128,7 @@ def summary(context: ui.Context) -> None:
         st.bar_chart(facts["class_balance"], x="class", y="examples", color="#4C5FD5", height=240)
     with right:
         st.markdown("**Capturable layers**")
-        st.dataframe(pd.DataFrame(facts["layers"]), hide_index=True, height=240)
+        st.dataframe(facts["layers"], hide_index=True, height=240)
     st.page_link("pages/compute.py", label="Next: compute influence", icon=":material/bolt:")
 
 

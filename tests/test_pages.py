@@ -216,6 +216,24 @@ def test_label_issues_relabel_persists_and_exports(computed_app: AppTest, home: 
 
 
 @pytest.mark.slow
+def test_flags_persist_and_lead_the_queue(computed_app: AppTest, home: Path) -> None:
+    from dropinf import review
+
+    run_dir = run_dir_of(computed_app, home)
+    flagged = max(set(range(1000)) - set(review.load_decisions(run_dir)))
+    review.update_flags(run_dir, add=[flagged])
+    at = open_page(new_app({"run": run_dir.name}), "pages/label_issues.py")
+    assert at.selectbox(key="queue_pick").value == flagged, "a flag from another session leads"
+    assert any("flagged for review" in c.value for c in at.caption)
+    at.button(key="keep").click().run()
+    assert_clean(at)
+    assert at.selectbox(key="queue_pick").value != flagged, "decided: it leaves the queue"
+    assert review.load_flags(run_dir) == [flagged]
+    assert review.fixes_from_decisions(review.load_decisions(run_dir))[1] == {}
+    review.update_flags(run_dir, remove=[flagged])
+
+
+@pytest.mark.slow
 def test_retrain_reports_before_and_after(computed_app: AppTest) -> None:
     at = open_page(computed_app, "pages/label_issues.py")
     at.button(key="retrain").click().run()
