@@ -29,7 +29,6 @@ CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "assets" / "screenshots"
 LONG = 300_000  # ms: the demo training and the run on a 2-core machine
 VIEWPORT = {"width": 1440, "height": 1500}
-THEME = ["--theme.primaryColor", "#4C5FD5"]  # the palette of assets/style.css
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 if not Path(CHROMIUM).exists():
@@ -77,7 +76,6 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "false",
         "--server.fileWatcherType",
         "none",
-        *THEME,
     ]
     log = (home / "streamlit.log").open("wb")
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
