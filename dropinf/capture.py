@@ -10,6 +10,7 @@ numbers from (a, δ). Parameters outside those layers (norms, embeddings, unusua
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional
 
-from dropinf.compress import LayerCompressor, LayerSpec, UnitEnergy
+from dropinf.compress import LayerCompressor, LayerSpec, UnitEnergy, check_representable
 from dropinf.errors import LossShapeError, NoCapturableLayerError, NonFiniteError
 
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
@@ -160,17 +161,17 @@ class GradientCapture:
         """
         calls, losses, predictions = self._forward(loss_fn, batch, gather=True)
         output_grads = self._output_grads(losses, calls)
-        parts = self._compress_factored(calls, output_grads, batch_size=losses.shape[0])
-        parts += self._compress_flat(loss_fn, batch)
         if out is None:
             out = losses.new_empty(losses.shape[0], self.k, dtype=dtype or losses.dtype)
-        gradients = out
-        start = 0
-        for part in parts:
-            check_representable(part, gradients.dtype)
-            gradients[:, start : start + part.shape[1]] = part
-            start += part.shape[1]
-        return CapturedBatch(gradients, losses.detach(), predictions)
+        blocks = self._column_blocks(out)
+        self._write_factored(calls, output_grads, blocks)
+        self._write_flat(loss_fn, batch, blocks[len(self.layout.modules) :])
+        return CapturedBatch(out, losses.detach(), predictions)
+
+    def _column_blocks(self, out: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's columns of the (B, k) output."""
+        bounds = itertools.accumulate((c.k for c in self.compressors), initial=0)
+        return [out[:, a:b] for a, b in itertools.pairwise(bounds)]
 
     def unit_energy(self, loss_fn: LossFn, batch: Sequence[torch.Tensor]) -> list[UnitEnergy]:
         """Per-unit activation and output-gradient energy of one batch, one entry per spec."""
@@ -241,33 +242,31 @@ class GradientCapture:
             for output, g in zip(outputs, grads, strict=True)
         ]
 
-    def _compress_factored(
-        self, calls: list[LayerCall], output_grads: list[torch.Tensor], batch_size: int
-    ) -> list[torch.Tensor]:
-        """Parts of the factored layers' compressed gradients, summed over repeated calls."""
+    def _write_factored(
+        self, calls: list[LayerCall], output_grads: list[torch.Tensor], blocks: list[torch.Tensor]
+    ) -> None:
+        """Write each factored layer's compressed gradient, summed over repeated calls."""
         modules = list(self.layout.modules.values())
-        blocks: list[list[torch.Tensor] | None] = [None] * len(modules)
+        written: set[int] = set()
         for call, delta in zip(calls, output_grads, strict=True):
             compressor = self.compressors[call.position]
             inputs = positions_view(call.inputs, modules[call.position])  # (B, T, d_in)
             deltas = output_grads_view(delta, compressor.output_index, compressor.spec)
-            parts = [part.detach() for part in compressor.compress_factored(inputs, deltas)]
-            previous = blocks[call.position]
-            blocks[call.position] = (
-                parts
-                if previous is None
-                else [old + new for old, new in zip(previous, parts, strict=True)]
-            )
-        result: list[torch.Tensor] = []
-        for parts, compressor in zip(blocks, self.compressors, strict=False):
-            unused = parts is None  # a layer this forward never called has zero gradient
-            result += [output_grads[0].new_zeros(batch_size, compressor.k)] if unused else parts
-        return result
+            accumulate = call.position in written
+            compressor.write_factored(inputs, deltas, blocks[call.position], accumulate)
+            written.add(call.position)
+        for position in set(range(len(modules))) - written:
+            blocks[position].zero_()  # a layer this forward never called has zero gradient
 
-    def _compress_flat(self, loss_fn: LossFn, batch: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def _write_flat(
+        self, loss_fn: LossFn, batch: Sequence[torch.Tensor], blocks: list[torch.Tensor]
+    ) -> None:
         flat_compressors = self.compressors[len(self.layout.modules) :]
         grads = self._flat_per_sample_grads(loss_fn, batch)
-        return [c.compress_flat(g) for c, g in zip(flat_compressors, grads, strict=True)]
+        for compressor, g, block in zip(flat_compressors, grads, blocks, strict=True):
+            compressed = compressor.compress_flat(g)
+            check_representable(compressed, block.dtype)
+            block.copy_(compressed)
 
     def _flat_per_sample_grads(
         self, loss_fn: LossFn, batch: Sequence[torch.Tensor]
@@ -360,22 +359,6 @@ def predicted_classes(output: torch.Tensor | None) -> torch.Tensor | None:
     if isinstance(output, torch.Tensor) and output.ndim == 2:
         return output.detach().argmax(dim=1)
     return None
-
-
-def check_representable(values: torch.Tensor, dtype: torch.dtype) -> None:
-    """Refuse gradients that are NaN/inf or overflow ``dtype`` (one read, no copy).
-
-    Raises:
-        NonFiniteError: A value is NaN or infinite, or beyond the largest ``dtype`` value.
-    """
-    low, high = torch.aminmax(values)
-    largest = max(-float(low), float(high))
-    if not largest <= torch.finfo(dtype).max:  # also catches NaN
-        raise NonFiniteError(
-            f"expected finite compressed gradients within {dtype} range "
-            f"(±{torch.finfo(dtype).max:g}); found a largest magnitude of {largest:g}"
-            + (". Use store_dtype=torch.float32." if dtype == torch.float16 else "")
-        )
 
 
 def check_losses(losses: torch.Tensor) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from dropinf.config import CompressionConfig
+from dropinf.errors import NonFiniteError
 
 SJLT_NONZEROS = 2
 
@@ -133,6 +134,34 @@ class LayerCompressor:
         """Compress full per-sample gradients (B, D) of a flat layer to (B, k)."""
         raise NotImplementedError
 
+    def write_factored(
+        self,
+        inputs: torch.Tensor,
+        output_grads: torch.Tensor,
+        out: torch.Tensor,
+        accumulate: bool = False,
+    ) -> None:
+        """Write (or add, for a module called again) the compressed gradient into ``out``.
+
+        Args:
+            inputs: As for ``compress_factored``.
+            output_grads: As for ``compress_factored``.
+            out: (B, k) destination, e.g. this layer's columns of a float16 shard.
+            accumulate: Add to ``out`` instead of overwriting it.
+
+        Raises:
+            NonFiniteError: A value is NaN/inf or overflows ``out``'s dtype.
+        """
+        start = 0
+        for part in self.compress_factored(inputs, output_grads):
+            check_representable(part, out.dtype)
+            target = out[:, start : start + part.shape[1]]
+            if accumulate:
+                target.add_(part)
+            else:
+                target.copy_(part)
+            start += part.shape[1]
+
     def to(self, device: torch.device) -> LayerCompressor:
         """Move the compressor's tensors to ``device``."""
         for name, value in vars(self).items():
@@ -194,6 +223,30 @@ class MaskCompressor(LayerCompressor):
     def compress_flat(self, grads: torch.Tensor) -> torch.Tensor:
         """See ``LayerCompressor.compress_flat``."""
         return grads if self.input_index is None else grads[:, self.input_index]
+
+    def write_factored(
+        self,
+        inputs: torch.Tensor,
+        output_grads: torch.Tensor,
+        out: torch.Tensor,
+        accumulate: bool = False,
+    ) -> None:
+        """See ``LayerCompressor.write_factored``.
+
+        With one position per example (a plain linear layer), the outer product is written
+        straight into ``out`` in its dtype: no float32 copy of the block is ever made.
+        """
+        if accumulate or inputs.shape[1] != 1:
+            super().write_factored(inputs, output_grads, out, accumulate)
+            return
+        grads, activations = output_grads[:, 0], inputs[:, 0]  # (B, k_out), (B, k_in)
+        weights = out[:, : self.k_out * self.k_in].view(-1, self.k_out, self.k_in)
+        torch.mul(grads[:, :, None], activations[:, None, :], out=weights)
+        if self.spec.has_bias:
+            out[:, self.k_out * self.k_in :].copy_(grads)
+        bound = float(grads.abs().amax()) * float(activations.abs().amax())
+        if not bound <= torch.finfo(out.dtype).max:  # rare: check the written values exactly
+            check_representable(out, out.dtype)
 
     def state(self) -> dict[str, torch.Tensor]:
         """See ``LayerCompressor.state``."""
@@ -265,6 +318,22 @@ class SparseProjectionCompressor(FlatProjectionCompressor):
         for bucket, sign in zip(self.buckets, self.signs, strict=True):
             sketch.index_add_(1, bucket, grads * sign.to(grads.dtype))
         return sketch
+
+
+def check_representable(values: torch.Tensor, dtype: torch.dtype) -> None:
+    """Refuse gradients that are NaN/inf or overflow ``dtype`` (one read, no copy).
+
+    Raises:
+        NonFiniteError: A value is NaN or infinite, or beyond the largest ``dtype`` value.
+    """
+    low, high = torch.aminmax(values)
+    largest = max(-float(low), float(high))
+    if not largest <= torch.finfo(dtype).max:  # also catches NaN
+        raise NonFiniteError(
+            f"expected finite compressed gradients within {dtype} range "
+            f"(±{torch.finfo(dtype).max:g}); found a largest magnitude of {largest:g}"
+            + (". Use store_dtype=torch.float32." if dtype == torch.float16 else "")
+        )
 
 
 def gaussian_matrix(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:

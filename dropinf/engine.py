@@ -44,7 +44,6 @@ SIGNATURE_FIELDS = (
     "store_dtype",
     "model_fingerprint",
     "n_train",
-    "layers",
 )
 
 
@@ -108,23 +107,6 @@ def load_curvature(store: RunStore, device: torch.device) -> Curvature:
     tensors = store.load_tensors("curvature.safetensors")
     curvature = Curvature.from_state(manifest["curvature_kind"], manifest["damping"], tensors)
     return curvature.to(device)
-
-
-def whitened_training_gradients(
-    run_dir: str | Path, device: str | torch.device | None = "cpu"
-) -> np.ndarray:
-    """A run's training gradients whitened by its curvature, (n_train, k) float32.
-
-    Whitened rows ``L⁻¹g`` have inner products ``gᵀ(F + λI)⁻¹g'``: the geometry influence uses.
-    Needs no model: everything comes from the run directory.
-    """
-    store, device = RunStore(run_dir), resolve_device(device)
-    curvature = load_curvature(store, device)
-    dtype = getattr(torch, store.read_manifest()["dtype"])
-    chunks = [
-        curvature.whiten(g).float().cpu() for _, g in stored_gradient_chunks(store, device, dtype)
-    ]
-    return torch.cat(chunks).numpy()
 
 
 class InfluenceEngine:
@@ -280,7 +262,7 @@ class InfluenceEngine:
         fresh = self._new_manifest(n_train)
         if self.store.exists():
             saved = self.store.read_manifest()
-            differing = [f for f in SIGNATURE_FIELDS if f != "layers" and saved[f] != fresh[f]]
+            differing = [f for f in SIGNATURE_FIELDS if saved[f] != fresh[f]]
             if not differing:
                 return saved
             if not self.overwrite:
@@ -464,11 +446,6 @@ class InfluenceEngine:
     def self_influence(self) -> torch.Tensor:
         """``g(z)ᵀ (F + λI)⁻¹ g(z)`` of every training example, (n_train,)."""
         return torch.from_numpy(self.store.self_influence())
-
-    def whitened_gradients(self) -> np.ndarray:
-        """Training gradients whitened by the curvature, (n_train, k) float32 (for maps)."""
-        self._require_fitted()
-        return whitened_training_gradients(self.store.run_dir, self.device)
 
     def _scores(self, test_gradients: torch.Tensor) -> torch.Tensor:
         """(m, n_train) scores of preconditioned test gradients against every stored shard."""
