@@ -11,7 +11,7 @@ numbers from (a, δ). Parameters outside those layers (norms, embeddings, unusua
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -275,6 +275,31 @@ class GradientCapture:
         if not self.layout.flat_parameters:
             return []
         return flat_per_sample_grads(self.model, self.layout.flat_parameters, loss_fn, batch)
+
+
+def calibrate_unit_energy(
+    model: nn.Module,
+    layout: CaptureLayout,
+    loss_fn: LossFn,
+    batches: Iterable[Sequence[torch.Tensor]],
+) -> list[UnitEnergy]:
+    """Unit energies summed over calibration batches (on the model's device), one per spec."""
+    from dropinf.compress import MaskCompressor  # identity masks: keep every unit
+
+    full = [MaskCompressor(spec, 1.0, None, None) for spec in layout.specs]
+    capture = GradientCapture(model, layout, full)
+    totals: list[UnitEnergy] | None = None
+    for batch in batches:
+        energies = capture.unit_energy(loss_fn, batch)
+        totals = (
+            energies
+            if totals is None
+            else [
+                UnitEnergy(t.inputs + e.inputs, t.outputs + e.outputs)
+                for t, e in zip(totals, energies, strict=True)
+            ]
+        )
+    return totals
 
 
 def flat_per_sample_grads(

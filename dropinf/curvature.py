@@ -16,7 +16,7 @@ Each block is factored the cheaper exact way:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -249,6 +249,30 @@ def low_rank_block(block: BlockStatistics, damping: float) -> LowRankBlock:
     eigenvalues, vectors = eigenvalues[kept], vectors[:, kept]
     basis = gradients.T @ vectors / (n_rows * eigenvalues).sqrt()  # (k_b, r), orthonormal
     return LowRankBlock(block.start, block.stop, basis, eigenvalues, damping)
+
+
+def curvature_flops(kind: str, layer_dims: Sequence[int], n_train: int, n_examples: int) -> float:
+    """Dense floating-point operations to fit a run's curvature and push examples through it.
+
+    A Cholesky block of size d (N ≥ d) costs ``N·d²`` to accumulate, ``d³/3`` to factor and
+    ``2·d²`` per example solved; a low-rank block (N < d) ``N²·d`` for the Gram matrix, ``N³``
+    for its eigendecomposition and ``4·N·d`` per example.
+
+    Args:
+        kind: ``full``, ``block`` or ``identity`` (resolved, not ``auto``).
+        layer_dims: Each layer's compressed dimension.
+        n_train: Training examples (decides each block's factorisation).
+        n_examples: Examples pushed through the solves (self-influence and test scores).
+    """
+    ranges = curvature_ranges(kind, list(layer_dims))
+    total = 0.0
+    for start, stop in ranges:
+        d = stop - start
+        if n_train < d:
+            total += n_train**2 * d + n_train**3 + 4 * n_examples * n_train * d
+        else:
+            total += n_train * d**2 + d**3 / 3 + 2 * n_examples * d**2
+    return float(total)
 
 
 def fit_curvature(

@@ -9,6 +9,7 @@ Scores are ``I(z', z) = g(z')ᵀ (F + λI)⁻¹ g(z)``: positive = proponent.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import sys
 import tempfile
 import time
@@ -23,7 +24,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from dropinf import __version__
-from dropinf.capture import CapturedBatch, GradientCapture, LossFn, discover_layers
+from dropinf.capture import (
+    CapturedBatch,
+    GradientCapture,
+    LossFn,
+    calibrate_unit_energy,
+    discover_layers,
+)
 from dropinf.compress import (
     LayerCompressor,
     UnitEnergy,
@@ -294,25 +301,11 @@ class InfluenceEngine:
 
     def _calibrate(self, train_dataset: Dataset, batch_size: int) -> list[UnitEnergy]:
         """Unit energies over the first ``calibration_batches`` training batches."""
-        identity = CompressionConfig(method="identity")
-        compressors = [build_compressor(s, identity, i) for i, s in enumerate(self.layout.specs)]
-        capture = self._make_capture(compressors)
+        self._write_progress("calibrate", 0, self.compression.calibration_batches, None)
         loader = DataLoader(train_dataset, batch_size=batch_size, shuffle=False)
-        totals: list[UnitEnergy] | None = None
-        for step, batch in enumerate(loader):
-            if step >= self.compression.calibration_batches:
-                break
-            self._write_progress("calibrate", step, self.compression.calibration_batches, None)
-            energies = capture.unit_energy(self.loss_fn, self._batch(batch))
-            totals = (
-                energies
-                if totals is None
-                else [
-                    UnitEnergy(t.inputs + e.inputs, t.outputs + e.outputs)
-                    for t, e in zip(totals, energies, strict=True)
-                ]
-            )
-        return totals
+        first = itertools.islice(loader, self.compression.calibration_batches)
+        batches = (self._batch(batch) for batch in first)
+        return calibrate_unit_energy(self.model, self.layout, self.loss_fn, batches)
 
     def _make_capture(self, compressors: list[LayerCompressor]) -> GradientCapture:
         moved = [compressor.to(self.device) for compressor in compressors]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -46,9 +47,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from dropinf import paths
-from dropinf.capture import CaptureLayout, GradientCapture, LossFn, discover_layers
-from dropinf.compress import LayerCompressor, UnitEnergy, build_compressor
+from dropinf.capture import (
+    CaptureLayout,
+    GradientCapture,
+    LossFn,
+    calibrate_unit_energy,
+    discover_layers,
+)
+from dropinf.compress import LayerCompressor, build_compressor
 from dropinf.config import CompressionConfig, CurvatureConfig
+from dropinf.curvature import curvature_flops
 from dropinf.data import DatasetBundle
 from dropinf.engine import batch_to
 from dropinf.errors import ConfigError, JobError
@@ -648,7 +656,7 @@ def estimate_run(
     capture = GradientCapture(model, layout, _on_model_device(model, compressors))
     n_examples = len(bundle.train) + len(bundle.test)
     kind = curvature.resolve_kind(capture.k)
-    flops = curvature_flops(kind, [c.k for c in compressors], n_examples)
+    flops = curvature_flops(kind, [c.k for c in compressors], len(bundle.train), n_examples)
     per_example = seconds_per_example(capture, bundle.train, loss_fn)
     return RunEstimate(
         k=capture.k,
@@ -675,39 +683,15 @@ def run_compressors(
     """
     energies = None
     if compression.method == "dropout" and compression.mask == "energy":
-        energies = _calibrated_energies(model, layout, compression, train, loss_fn, batch_size)
+        loader = DataLoader(train, batch_size=batch_size, shuffle=False)
+        first = itertools.islice(loader, compression.calibration_batches)
+        batches = (_model_batch(model, batch) for batch in first)
+        energies = calibrate_unit_energy(model, layout, loss_fn, batches)
     return [
         build_compressor(
             spec, compression, position, None if energies is None else energies[position]
         )
         for position, spec in enumerate(layout.specs)
-    ]
-
-
-def _calibrated_energies(
-    model: nn.Module,
-    layout: CaptureLayout,
-    compression: CompressionConfig,
-    train: Dataset,
-    loss_fn: LossFn,
-    batch_size: int,
-) -> list[UnitEnergy]:
-    identity = CompressionConfig(method="identity")
-    compressors = [build_compressor(s, identity, i) for i, s in enumerate(layout.specs)]
-    capture = GradientCapture(model, layout, _on_model_device(model, compressors))
-    totals: list[UnitEnergy] | None = None
-    for step, batch in enumerate(DataLoader(train, batch_size=batch_size, shuffle=False)):
-        if step >= compression.calibration_batches:
-            break
-        energies = capture.unit_energy(loss_fn, _model_batch(model, batch))
-        totals = energies if totals is None else _add_energies(totals, energies)
-    return totals
-
-
-def _add_energies(totals: list[UnitEnergy], energies: list[UnitEnergy]) -> list[UnitEnergy]:
-    return [
-        UnitEnergy(t.inputs + e.inputs, t.outputs + e.outputs)
-        for t, e in zip(totals, energies, strict=True)
     ]
 
 
@@ -720,22 +704,6 @@ def seconds_per_example(
     started = time.perf_counter()
     capture.capture(loss_fn, batch)
     return (time.perf_counter() - started) / len(batch[0])
-
-
-def curvature_flops(kind: str, block_dims: Sequence[int], n_examples: int) -> float:
-    """Dense floating-point operations of a run's curvature.
-
-    Each block of size d costs ``d³`` to factor and ``4·n·d²`` to accumulate ``F`` and to
-    precondition the gradients; ``full`` is one block of ``k = sum(block_dims)``, ``block`` one
-    per layer, ``identity`` none.
-
-    Args:
-        kind: ``full``, ``block`` or ``identity``.
-        block_dims: Each layer's compressed dimension.
-        n_examples: Training + test examples pushed through the curvature.
-    """
-    blocks = {"full": [sum(block_dims)], "block": list(block_dims)}.get(kind, [])
-    return float(sum(d**3 + 4 * n_examples * d**2 for d in blocks))
 
 
 @cache

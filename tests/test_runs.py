@@ -336,9 +336,13 @@ def test_estimate_resolves_auto_curvature(digits_bundle):
     assert full.curvature_seconds > 0 and block.curvature_seconds > 0
 
 
-def test_curvature_flops():
-    from dropinf.runs import curvature_flops
+def test_curvature_flops_follow_the_factorisation_of_each_block():
+    from dropinf.curvature import curvature_flops
 
-    assert curvature_flops("full", [2, 3], 10) == 5**3 + 4 * 10 * 5**2
-    assert curvature_flops("block", [2, 3], 10) == 2**3 + 4 * 10 * 4 + 3**3 + 4 * 10 * 9
-    assert curvature_flops("identity", [2, 3], 10) == 0.0
+    cholesky = 100 * 5**2 + 5**3 / 3 + 2 * 110 * 5**2
+    assert curvature_flops("full", [2, 3], n_train=100, n_examples=110) == cholesky
+    low_rank = 4**2 * 5 + 4**3 + 4 * 6 * 4 * 5
+    assert curvature_flops("full", [2, 3], n_train=4, n_examples=6) == low_rank
+    per_layer = sum(100 * d**2 + d**3 / 3 + 2 * 110 * d**2 for d in (2, 3))
+    assert curvature_flops("block", [2, 3], n_train=100, n_examples=110) == per_layer
+    assert curvature_flops("identity", [2, 3], n_train=100, n_examples=110) == 0.0
