@@ -14,6 +14,7 @@ bench/peers_quality_vs_time.png, raw numbers to bench/.cache/peers-results.json 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -277,12 +278,13 @@ def run_setting(size: Size, arch: str, kind: str, seed: int, dropinf_only: bool)
     problem.damping_ratio = choose_damping(problem, subsets)
     fidelity, exact = fidelity_pair(problem, arch)
     results = []
-    for name, adapter in method_table(dropinf_only, recipe, bundle).items():
-        result = run_method(name, adapter, problem, timeout_s=size.method_timeout_s)
-        if name == "dropinf dropout" and result.k:
-            problem.k = result.k  # every peer with a compressed dimension gets the same k
-        results.append(result)
-        print(f"  {name}: {result.total_s:.2f}s {result.error or ''}", flush=True)
+    with contextlib.chdir(workdir):  # peers that write into the working directory (dattri)
+        for name, adapter in method_table(dropinf_only, recipe, bundle).items():
+            result = run_method(name, adapter, problem, timeout_s=size.method_timeout_s)
+            if name == "dropinf dropout" and result.k:
+                problem.k = result.k  # every peer with a compressed dimension gets the same k
+            results.append(result)
+            print(f"  {name}: {result.total_s:.2f}s {result.error or ''}", flush=True)
     rows = [_method_row(r, bundle, subsets, exact) for r in results]
     return {
         "arch": arch,
