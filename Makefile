@@ -20,8 +20,7 @@ chromium:
 	test -x $(CHROMIUM) || (apt-get update -q && apt-get install -y -q chromium)
 
 run: $(STAMP)
-	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port 8501 \
-		--server.headless true --browser.gatherUsageStats false
+	$(PY) -m streamlit run app.py  # settings in .streamlit/config.toml (localhost:8501)
 
 test: $(STAMP) chromium
 	$(PY) -m ruff check .
