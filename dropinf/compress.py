@@ -233,20 +233,26 @@ class MaskCompressor(LayerCompressor):
     ) -> None:
         """See ``LayerCompressor.write_factored``.
 
-        With one position per example (a plain linear layer), the outer product is written
-        straight into ``out`` in its dtype: no float32 copy of the block is ever made.
+        The kept block is formed in the inputs' precision (an outer product when each example
+        has one position), then converted once while copied into ``out``. Overflow of ``out``'s
+        dtype is ruled out by a bound from the small factors, ``T · max|δ| · max(max|a|, 1)``;
+        only when the bound fails are the formed values checked one by one.
         """
-        if accumulate or inputs.shape[1] != 1:
+        if accumulate:
             super().write_factored(inputs, output_grads, out, accumulate)
             return
-        grads, activations = output_grads[:, 0], inputs[:, 0]  # (B, k_out), (B, k_in)
-        weights = out[:, : self.k_out * self.k_in].view(-1, self.k_out, self.k_in)
-        torch.mul(grads[:, :, None], activations[:, None, :], out=weights)
+        positions = inputs.shape[1]
+        if positions == 1:
+            weights = output_grads[:, 0, :, None] * inputs[:, 0, None, :]  # (B, k_out, k_in)
+        else:
+            weights = torch.bmm(output_grads.transpose(1, 2), inputs)  # (B, k_out, k_in)
+        largest_input = max(float(inputs.abs().amax()), 1.0)  # 1.0 bounds the bias part
+        bound = positions * float(output_grads.abs().amax()) * largest_input
+        if not bound <= torch.finfo(out.dtype).max:
+            check_representable(weights, out.dtype)
+        out[:, : self.k_out * self.k_in].view(-1, self.k_out, self.k_in).copy_(weights)
         if self.spec.has_bias:
-            out[:, self.k_out * self.k_in :].copy_(grads)
-        bound = float(grads.abs().amax()) * float(activations.abs().amax())
-        if not bound <= torch.finfo(out.dtype).max:  # rare: check the written values exactly
-            check_representable(out, out.dtype)
+            out[:, self.k_out * self.k_in :].copy_(output_grads.sum(dim=1))
 
     def state(self) -> dict[str, torch.Tensor]:
         """See ``LayerCompressor.state``."""
