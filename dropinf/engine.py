@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from dropinf import __version__
 from dropinf.capture import (
     CapturedBatch,
+    CaptureLayout,
     GradientCapture,
     LossFn,
     calibrate_unit_energy,
@@ -33,7 +34,6 @@ from dropinf.capture import (
 )
 from dropinf.compress import (
     LayerCompressor,
-    UnitEnergy,
     build_compressor,
     restore_mask_compressor,
 )
@@ -94,6 +94,32 @@ def batch_metadata(captured: CapturedBatch, batch: Sequence[torch.Tensor]) -> di
         "prediction": predictions.cpu().numpy(),
         "loss": captured.losses.double().cpu().numpy(),
     }
+
+
+def build_run_compressors(
+    model: nn.Module,
+    layout: CaptureLayout,
+    compression: CompressionConfig,
+    train_dataset: Dataset,
+    loss_fn: LossFn,
+    batch_size: int,
+) -> list[LayerCompressor]:
+    """The compressors a run builds, one per captured layer.
+
+    Seeded masks or projections; for ``mask="energy"`` dropout, masks chosen by the unit
+    energies of the first ``compression.calibration_batches`` training batches.
+    """
+    energies = None
+    if compression.method == "dropout" and compression.mask == "energy":
+        parameter = next(model.parameters())
+        loader = DataLoader(train_dataset, batch_size=batch_size, shuffle=False)
+        first = itertools.islice(loader, compression.calibration_batches)
+        batches = (batch_to(batch, parameter.device, parameter.dtype) for batch in first)
+        energies = calibrate_unit_energy(model, layout, loss_fn, batches)
+    return [
+        build_compressor(spec, compression, position, energies[position] if energies else None)
+        for position, spec in enumerate(layout.specs)
+    ]
 
 
 def stored_gradient_chunks(
@@ -287,25 +313,12 @@ class InfluenceEngine:
         if self.store.artifact_path("compressor.safetensors").is_file():
             self.capture = self._restored_capture()
             return
-        energies = None
-        if self.compression.method == "dropout" and self.compression.mask == "energy":
-            energies = self._calibrate(train_dataset, batch_size)
-        compressors = [
-            build_compressor(
-                spec, self.compression, position, None if energies is None else energies[position]
-            )
-            for position, spec in enumerate(self.layout.specs)
-        ]
+        self._write_progress("calibrate", 0, 1, None)
+        compressors = build_run_compressors(
+            self.model, self.layout, self.compression, train_dataset, self.loss_fn, batch_size
+        )
         self.capture = self._make_capture(compressors)
         self._save_compressors(compressors, batch_size)
-
-    def _calibrate(self, train_dataset: Dataset, batch_size: int) -> list[UnitEnergy]:
-        """Unit energies over the first ``calibration_batches`` training batches."""
-        self._write_progress("calibrate", 0, self.compression.calibration_batches, None)
-        loader = DataLoader(train_dataset, batch_size=batch_size, shuffle=False)
-        first = itertools.islice(loader, self.compression.calibration_batches)
-        batches = (self._batch(batch) for batch in first)
-        return calibrate_unit_energy(self.model, self.layout, self.loss_fn, batches)
 
     def _make_capture(self, compressors: list[LayerCompressor]) -> GradientCapture:
         moved = [compressor.to(self.device) for compressor in compressors]

@@ -21,15 +21,13 @@ back). Retraining with the fixes applied runs as a job (``retrain_command``) tha
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import fcntl
 import io
 import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from dropinf.errors import ConfigError, RunError
+from dropinf.store import exclusive_lock
 
 FORMAT_VERSION = 1
 DECISIONS_FILE = "decisions.json"
@@ -199,7 +198,7 @@ def update_decisions(
         All decisions after the change.
     """
     path = _resolve(path)
-    with _locked(path):
+    with exclusive_lock(path.with_name(f"{path.name}.lock")):
         decisions = load_decisions(path)
         for index, decision in changes.items():
             if decision is None:
@@ -227,7 +226,7 @@ def update_flags(
         All flags after the change, most recently flagged first.
     """
     path = _resolve(path)
-    with _locked(path):
+    with exclusive_lock(path.with_name(f"{path.name}.lock")):
         added = [int(i) for i in add]
         dropped = {*added, *(int(i) for i in remove)}
         flags = [*dict.fromkeys(added), *(i for i in load_flags(path) if i not in dropped)]
@@ -244,16 +243,6 @@ def _parse_document(text: str | bytes, source: str) -> dict[str, Any]:
         found = document.get("format") if isinstance(document, dict) else type(document).__name__
         raise RunError(f"{source}: expected a decisions document of format 1, found {found!r}")
     return document
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path.with_name(f"{path.name}.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _resolve(path: str | Path) -> Path:

@@ -26,16 +26,14 @@ and its time on this machine.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -48,19 +46,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from dropinf import paths
 from dropinf.capture import (
-    CaptureLayout,
     GradientCapture,
     LossFn,
-    calibrate_unit_energy,
     discover_layers,
 )
-from dropinf.compress import LayerCompressor, build_compressor
+from dropinf.compress import LayerCompressor
 from dropinf.config import CompressionConfig, CurvatureConfig
 from dropinf.curvature import curvature_flops
 from dropinf.data import DatasetBundle
-from dropinf.engine import batch_to
+from dropinf.engine import batch_to, build_run_compressors
 from dropinf.errors import ConfigError, JobError
 from dropinf.losses import cross_entropy_per_sample
+from dropinf.store import exclusive_lock
 
 COMPUTE_JOB = "job"
 ACTIVE_STATES = ("queued", "running")
@@ -308,7 +305,7 @@ class JobRunner:
         """
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        with _mutex(run_dir, name):
+        with exclusive_lock(_job_file(run_dir, name, "mutex")):
             current = self.status(run_dir, name)
             if current.is_active or (current.state == "complete" and not force):
                 return current
@@ -492,17 +489,6 @@ def _mark_manifest_cancelled(run_dir: Path) -> None:
         _write_json_atomic(manifest_path, manifest)
 
 
-@contextlib.contextmanager
-def _mutex(run_dir: Path, name: str) -> Iterator[None]:
-    job_dir(run_dir).mkdir(parents=True, exist_ok=True)
-    with open(_job_file(run_dir, name, "mutex"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def job_dir(run_dir: str | Path) -> Path:
     """The folder of a run's job files: ``<parent>/.jobs/<run name>`` (outside the run dir)."""
     run_dir = Path(run_dir).absolute()
@@ -651,7 +637,9 @@ def estimate_run(
     """
     layout = discover_layers(model)
     started = time.perf_counter()
-    compressors = run_compressors(model, layout, compression, bundle.train, loss_fn, batch_size)
+    compressors = build_run_compressors(
+        model, layout, compression, bundle.train, loss_fn, batch_size
+    )
     calibration_s = time.perf_counter() - started
     capture = GradientCapture(model, layout, _on_model_device(model, compressors))
     n_examples = len(bundle.train) + len(bundle.test)
@@ -666,33 +654,6 @@ def estimate_run(
         capture_seconds=calibration_s + per_example * n_examples,
         curvature_seconds=flops / matmul_flops_per_s(),
     )
-
-
-def run_compressors(
-    model: nn.Module,
-    layout: CaptureLayout,
-    compression: CompressionConfig,
-    train: Dataset,
-    loss_fn: LossFn = cross_entropy_per_sample,
-    batch_size: int = 256,
-) -> list[LayerCompressor]:
-    """The compressors a run builds: seeded masks, or energy masks from calibration batches.
-
-    Mirrors the engine's calibration: unit energies summed over the first
-    ``compression.calibration_batches`` training batches of ``batch_size``.
-    """
-    energies = None
-    if compression.method == "dropout" and compression.mask == "energy":
-        loader = DataLoader(train, batch_size=batch_size, shuffle=False)
-        first = itertools.islice(loader, compression.calibration_batches)
-        batches = (_model_batch(model, batch) for batch in first)
-        energies = calibrate_unit_energy(model, layout, loss_fn, batches)
-    return [
-        build_compressor(
-            spec, compression, position, None if energies is None else energies[position]
-        )
-        for position, spec in enumerate(layout.specs)
-    ]
 
 
 def seconds_per_example(

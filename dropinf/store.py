@@ -18,6 +18,8 @@ leaves a half-written file that looks complete. A shard exists only once all its
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -39,6 +41,21 @@ META_FIELDS = ("label", "prediction", "loss")
 def now_iso() -> str:
     """The current UTC time in ISO 8601."""
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created if missing) for the block.
+
+    Serialises read-modify-write of a file across processes (two browser sessions, a job).
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
