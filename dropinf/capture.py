@@ -156,8 +156,11 @@ class GradientCapture:
             out: A (B, k) tensor to write the gradients into (e.g. a view of a memmapped
                 shard), instead of a new one; its dtype wins over ``dtype``.
 
+        Returns:
+            The gradients (``out``), the per-sample losses and the predicted classes.
+
         Raises:
-            NonFiniteError: A per-sample loss is NaN or infinite.
+            NonFiniteError: A per-sample loss is NaN/inf, or a gradient overflows the dtype.
         """
         calls, losses, predictions = self._forward(loss_fn, batch, gather=True)
         output_grads = self._output_grads(losses, calls)
