@@ -20,6 +20,7 @@ chromium:
 	test -x $(CHROMIUM) || (apt-get update -q && apt-get install -y -q chromium)
 
 run: $(STAMP)
+	$(PY) -m dropinf train --demo  # the demo checkpoint: trained once, then cached
 	$(PY) -m streamlit run app.py  # settings in .streamlit/config.toml (localhost:8501)
 
 test: $(STAMP) chromium

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._shared import render_sidebar, setup_page, sync_run_with_url
+from pages._shared import adopt_prepared_demo, render_sidebar, setup_page, sync_run_with_url
 
 PAGES = [
     st.Page("pages/load.py", title="Load", icon=":material/upload:", url_path="load", default=True),
@@ -27,9 +27,10 @@ PAGES = [
 
 
 def main() -> None:
-    """Set up the page, sync the URL, draw the sidebar and run the chosen page."""
+    """Set up the page, sync the URL, open on the demo if prepared, run the chosen page."""
     setup_page()
     sync_run_with_url()
+    adopt_prepared_demo()
     page = st.navigation(PAGES)
     render_sidebar()
     page.run()

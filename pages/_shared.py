@@ -189,6 +189,21 @@ def load_context(context: Context) -> tuple[models.LoadedCheckpoint, data.Datase
     return loaded, bundle
 
 
+def adopt_prepared_demo() -> None:
+    """Open a new session on the demo when its checkpoint is already prepared.
+
+    ``make run`` prepares it before the server starts, so the dashboard opens ready to use; an
+    explicit choice (a loaded model, a run in the URL) always wins.
+    """
+    from dropinf.train import demo_checkpoint_path
+
+    checkpoint = demo_checkpoint_path()
+    prepared = checkpoint.is_file() and models.sidecar_path(checkpoint).is_file()
+    if current_context() is None and prepared:
+        demo = Context(checkpoint=str(checkpoint), data_spec=data.DEMO_DATA_SPEC, title="demo")
+        st.session_state[CONTEXT_KEY] = demo
+
+
 def ensure_demo() -> Context:
     """The demo context, training and caching its checkpoint on first use."""
     with st.spinner("Preparing the demo model (first use trains a small CNN)…"):

@@ -94,6 +94,13 @@ def loaded_app(home: Path) -> AppTest:
 
 
 @pytest.mark.slow
+def test_a_new_session_opens_on_the_prepared_demo(loaded_app: AppTest) -> None:
+    at = new_app()  # the demo checkpoint now exists, as `make run` prepares it
+    assert at.session_state["dropinf_context"].title == "demo"
+    assert "Parameters" in {metric.label for metric in at.metric}  # the Load page's summary
+
+
+@pytest.mark.slow
 def test_load_demo_shows_the_summary(loaded_app: AppTest) -> None:
     labels = {m.label for m in loaded_app.metric}
     assert {"Parameters", "Capturable layers", "Train accuracy", "Test accuracy"} <= labels
