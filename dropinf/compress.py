@@ -238,21 +238,49 @@ class MaskCompressor(LayerCompressor):
         dtype is ruled out by a bound from the small factors, ``T · max|δ| · max(max|a|, 1)``;
         only when the bound fails are the formed values checked one by one.
         """
-        if accumulate:
-            super().write_factored(inputs, output_grads, out, accumulate)
-            return
         positions = inputs.shape[1]
         if positions == 1:
             weights = output_grads[:, 0, :, None] * inputs[:, 0, None, :]  # (B, k_out, k_in)
         else:
             weights = torch.bmm(output_grads.transpose(1, 2), inputs)  # (B, k_out, k_in)
-        largest_input = max(float(inputs.abs().amax()), 1.0)  # 1.0 bounds the bias part
-        bound = positions * float(output_grads.abs().amax()) * largest_input
-        if not bound <= torch.finfo(out.dtype).max:
-            check_representable(weights, out.dtype)
-        out[:, : self.k_out * self.k_in].view(-1, self.k_out, self.k_in).copy_(weights)
-        if self.spec.has_bias:
-            out[:, self.k_out * self.k_in :].copy_(output_grads.sum(dim=1))
+        bias = output_grads.sum(dim=1) if self.spec.has_bias else None
+        largest_input = max(largest_magnitude(inputs), 1.0)  # 1.0 bounds the bias part
+        bound = positions * largest_magnitude(output_grads) * largest_input
+        self.write_block(weights, bias, out, accumulate, bound)
+
+    def write_block(
+        self,
+        weights: torch.Tensor,
+        bias: torch.Tensor | None,
+        out: torch.Tensor,
+        accumulate: bool = False,
+        bound: float | None = None,
+    ) -> None:
+        """Write an already formed kept block into ``out`` (converted once, on the copy).
+
+        Args:
+            weights: (B, k_out, k_in) per-sample gradients of ``W[S_out, S_in]``.
+            bias: (B, k_out) per-sample gradients of the kept biases, or None.
+            out: (B, k) destination.
+            accumulate: Add instead of overwrite (a module called again).
+            bound: A known bound on every magnitude; None (or a bound beyond ``out``'s range)
+                checks the values themselves.
+
+        Raises:
+            NonFiniteError: A value is NaN/inf or overflows ``out``'s dtype.
+        """
+        if bound is None or not bound <= torch.finfo(out.dtype).max:
+            for values in (weights, bias) if bias is not None else (weights,):
+                check_representable(values, out.dtype)
+        split = self.k_out * self.k_in
+        targets = [(out[:, :split].view(-1, self.k_out, self.k_in), weights)]
+        if bias is not None:
+            targets.append((out[:, split:], bias))
+        for target, values in targets:
+            if accumulate:
+                target.add_(values)
+            else:
+                target.copy_(values)
 
     def state(self) -> dict[str, torch.Tensor]:
         """See ``LayerCompressor.state``."""
@@ -326,14 +354,19 @@ class SparseProjectionCompressor(FlatProjectionCompressor):
         return sketch
 
 
+def largest_magnitude(values: torch.Tensor) -> float:
+    """``max |values|`` in one pass without a temporary (NaN if any value is NaN)."""
+    low, high = torch.aminmax(values)
+    return max(-float(low), float(high))
+
+
 def check_representable(values: torch.Tensor, dtype: torch.dtype) -> None:
     """Refuse gradients that are NaN/inf or overflow ``dtype`` (one read, no copy).
 
     Raises:
         NonFiniteError: A value is NaN or infinite, or beyond the largest ``dtype`` value.
     """
-    low, high = torch.aminmax(values)
-    largest = max(-float(low), float(high))
+    largest = largest_magnitude(values)
     if not largest <= torch.finfo(dtype).max:  # also catches NaN
         raise NonFiniteError(
             f"expected finite compressed gradients within {dtype} range "
