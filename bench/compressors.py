@@ -31,13 +31,7 @@ import torch
 from torch import nn
 
 from dropinf import CompressionConfig, CurvatureConfig, InfluenceEngine
-from dropinf.capture import (
-    discover_layers,
-    factored_spec,
-    gather_units,
-    output_grads_view,
-    positions_view,
-)
+from dropinf.capture import discover_layers, factored_spec, gather_units, write_layer
 from dropinf.compress import LayerCompressor, build_compressor
 from dropinf.data import DatasetBundle, load_data
 from dropinf.evaluate import fidelity, roc_auc
@@ -130,9 +124,10 @@ def compression_seconds(
 ) -> dict[str, float]:
     """Median seconds per example of each method's compression step alone.
 
-    The step is everything after the forward/backward that all methods share: gathering kept
-    units, unfolding, projecting and the per-sample outer products. Methods are timed in turn
-    within each repeat, so a busy machine slows them alike.
+    The step is everything after the forward/backward that all methods share, exactly as the
+    engine runs it (``capture.write_layer``): gathering kept units, unfolding or grouped
+    backward-weight convolutions, projecting, the per-sample products, and writing float16.
+    Methods are timed in turn within each repeat, so a busy machine slows them alike.
     """
     layers = captured_layers(model, bundle)
     specs = [factored_spec(str(i), module) for i, (module, _, _) in enumerate(layers)]
@@ -146,8 +141,8 @@ def compression_seconds(
             started = time.perf_counter()
             for compressor, (module, a, delta) in zip(layer_compressors, layers, strict=True):
                 kept = gather_units(a, compressor.input_index, compressor.spec)
-                grads = output_grads_view(delta, compressor.output_index, compressor.spec)
-                compressor.compress_factored(positions_view(kept, module), grads)
+                out = torch.empty(a.shape[0], compressor.k, dtype=torch.float16)
+                write_layer(compressor, module, kept, delta, out)
             seconds[label].append(time.perf_counter() - started)
     batch = layers[0][1].shape[0]
     return {label: statistics.median(values) / batch for label, values in seconds.items()}

@@ -261,17 +261,7 @@ class GradientCapture:
             compressor, module = self.compressors[call.position], modules[call.position]
             accumulate = call.position in written
             written.add(call.position)
-            if isinstance(module, nn.Conv2d) and isinstance(compressor, MaskCompressor):
-                kept = (
-                    delta if compressor.output_index is None else delta[:, compressor.output_index]
-                )
-                weights = conv_weight_gradients(call.inputs, kept, module)  # (B, k_out, k_in)
-                bias = kept.sum(dim=(2, 3)) if compressor.spec.has_bias else None
-                compressor.write_block(weights, bias, blocks[call.position], accumulate)
-                continue
-            inputs = positions_view(call.inputs, module)  # (B, T, d_in)
-            deltas = output_grads_view(delta, compressor.output_index, compressor.spec)
-            compressor.write_factored(inputs, deltas, blocks[call.position], accumulate)
+            write_layer(compressor, module, call.inputs, delta, blocks[call.position], accumulate)
         for position in set(range(len(modules))) - written:
             blocks[position].zero_()  # a layer this forward never called has zero gradient
 
@@ -350,6 +340,36 @@ def positions_view(inputs: torch.Tensor, module: nn.Module) -> torch.Tensor:
     if isinstance(module, nn.Conv2d):
         return conv_patches(inputs, module)
     return inputs.reshape(batch, -1, inputs.shape[-1])
+
+
+def write_layer(
+    compressor: LayerCompressor,
+    module: nn.Module,
+    inputs: torch.Tensor,
+    output_grads: torch.Tensor,
+    out: torch.Tensor,
+    accumulate: bool = False,
+) -> None:
+    """The compression step of one factored layer: its kept block into ``out``.
+
+    Args:
+        compressor: The layer's compressor.
+        module: The Linear / Conv2d layer.
+        inputs: The layer input as captured (only the kept units for masks).
+        output_grads: The full loss gradient of the layer output.
+        out: (B, k) destination columns.
+        accumulate: Add instead of overwrite (a module called again).
+    """
+    if isinstance(module, nn.Conv2d) and isinstance(compressor, MaskCompressor):
+        index = compressor.output_index
+        kept = output_grads if index is None else output_grads[:, index]  # (B, k_out, H', W')
+        weights = conv_weight_gradients(inputs, kept, module)  # (B, k_out, k_in)
+        bias = kept.sum(dim=(2, 3)) if compressor.spec.has_bias else None
+        compressor.write_block(weights, bias, out, accumulate)
+        return
+    positions = positions_view(inputs, module)  # (B, T, d_in)
+    deltas = output_grads_view(output_grads, compressor.output_index, compressor.spec)
+    compressor.write_factored(positions, deltas, out, accumulate)
 
 
 def conv_weight_gradients(
