@@ -445,13 +445,8 @@ def score_html(score: float) -> str:
 def train_caption(bundle: data.DatasetBundle, item: Any, suspects: np.ndarray) -> str:
     """Caption of a training thumbnail from a ``top_influences`` row."""
     index = int(item.train_index)
-    flag = ' <span class="flag" title="suspect label">⚑</span>' if suspects[index] else ""
-    return caption_html(
-        [
-            f"#{index}{flag} · {score_html(float(item.score))}",
-            f"given <b>{bundle.class_name(item.given_label)}</b>"
-            f' <span class="muted">pred {bundle.class_name(item.predicted_label)}</span>',
-        ]
+    return _train_caption(
+        bundle, index, item.given_label, item.predicted_label, suspects, float(item.score)
     )
 
 
@@ -459,12 +454,24 @@ def train_caption_for(
     bundle: data.DatasetBundle, meta: dict[str, np.ndarray], index: int, suspects: np.ndarray
 ) -> str:
     """Caption of a training thumbnail without a score (galleries of selections)."""
+    return _train_caption(bundle, index, meta["label"][index], meta["prediction"][index], suspects)
+
+
+def _train_caption(
+    bundle: data.DatasetBundle,
+    index: int,
+    given: int,
+    predicted: int,
+    suspects: np.ndarray,
+    score: float | None = None,
+) -> str:
     flag = ' <span class="flag" title="suspect label">⚑</span>' if suspects[index] else ""
+    scored = f" · {score_html(score)}" if score is not None else ""
     return caption_html(
         [
-            f"#{index}{flag}",
-            f"given <b>{bundle.class_name(meta['label'][index])}</b>"
-            f' <span class="muted">pred {bundle.class_name(meta["prediction"][index])}</span>',
+            f"#{index}{flag}{scored}",
+            f"given <b>{bundle.class_name(given)}</b>"
+            f' <span class="muted">pred {bundle.class_name(predicted)}</span>',
         ]
     )
 
