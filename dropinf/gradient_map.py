@@ -14,7 +14,6 @@ and ``load_gradient_map`` reads it back in milliseconds.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -172,10 +171,8 @@ def _embed(features: np.ndarray, seed: int, n_neighbors: int, min_dist: float) -
 
 
 def _manifest_n_train(run_dir: str | Path) -> int | None:
-    try:
-        return int(json.loads((Path(run_dir) / "manifest.json").read_text())["n_train"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    manifest = RunStore(run_dir).manifest_or_none() or {}
+    return manifest.get("n_train")
 
 
 def _save_npz_atomic(path: Path, **arrays: Any) -> None:

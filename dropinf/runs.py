@@ -35,7 +35,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ from dropinf.data import DatasetBundle
 from dropinf.engine import batch_to, build_run_compressors
 from dropinf.errors import ConfigError, JobError
 from dropinf.losses import cross_entropy_per_sample
-from dropinf.store import exclusive_lock
+from dropinf.store import RunStore, atomic_write_json, exclusive_lock, now_iso
 
 COMPUTE_JOB = "job"
 ACTIVE_STATES = ("queued", "running")
@@ -124,23 +123,6 @@ class JobStatus:
     def fraction(self) -> float:
         """Share of the current phase done, in [0, 1] (0 when the total is unknown)."""
         return min(1.0, self.done / self.total) if self.total > 0 else 0.0
-
-
-def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """The sha256 hex digest of a file's contents.
-
-    Args:
-        path: File to hash.
-        chunk_bytes: Read size.
-
-    Returns:
-        The 64-character hex digest.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def run_key(request: RunRequest, checkpoint_sha256: str, data_fingerprint: str) -> str:
@@ -250,7 +232,7 @@ def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
 
 
 def _run_row(run_dir: Path) -> dict[str, Any] | None:
-    manifest = _read_json(run_dir / "manifest.json")
+    manifest = RunStore(run_dir).manifest_or_none()
     if manifest is None and not _job_file(run_dir, COMPUTE_JOB, "lock").exists():
         return None
     manifest = manifest or {}
@@ -332,7 +314,7 @@ class JobRunner:
         if not (lock and _lock_alive(lock)):
             return
         self._terminate(int(lock["pid"]))
-        _job_file(run_dir, name, "cancelled").write_text(_now())
+        _job_file(run_dir, name, "cancelled").write_text(now_iso())
         if name == COMPUTE_JOB:
             _mark_manifest_cancelled(run_dir)
 
@@ -341,7 +323,7 @@ class JobRunner:
             _job_file(run_dir, name, suffix).unlink(missing_ok=True)
         wrapped = ["/bin/sh", "-c", _EXIT_WRAPPER, "sh", str(_job_file(run_dir, name, "exit"))]
         with open(_job_file(run_dir, name, "log"), "ab") as log:
-            log.write(f"[{_now()}] $ {' '.join(command)}\n".encode())
+            log.write(f"[{now_iso()}] $ {' '.join(command)}\n".encode())
             log.flush()
             try:
                 child = subprocess.Popen(
@@ -357,10 +339,10 @@ class JobRunner:
         lock = {
             "pid": child.pid,
             "pid_start": _process_start(child.pid),
-            "started": _now(),
+            "started": now_iso(),
             "command": command,
         }
-        _write_json_atomic(_job_file(run_dir, name, "lock"), lock)
+        atomic_write_json(_job_file(run_dir, name, "lock"), lock)
         self._children[(str(run_dir), name)] = child
         return child
 
@@ -413,7 +395,7 @@ def job_status(run_dir: Path, name: str = COMPUTE_JOB) -> JobStatus:
     lock = _read_json(lock_path)
     if lock and _lock_alive(lock):
         return _replace_state(progress, "running", pid=int(lock["pid"]))
-    manifest = (_read_json(run_dir / "manifest.json") if name == COMPUTE_JOB else None) or {}
+    manifest = (RunStore(run_dir).manifest_or_none() if name == COMPUTE_JOB else None) or {}
     if manifest.get("status") == "complete":
         return _replace_state(progress, "complete")
     if _job_file(run_dir, name, "cancelled").exists():
@@ -452,7 +434,8 @@ def _failure_message(run_dir: Path, name: str, exit_code: int | None) -> str:
 
 
 def _external_run_status(run_dir: Path, progress: JobStatus) -> JobStatus:
-    engine_files = [run_dir / "manifest.json", run_dir / "progress.json"]
+    store = RunStore(run_dir)
+    engine_files = [store.manifest_path, store.progress_path]
     newest = max(path.stat().st_mtime for path in engine_files if path.exists())
     if time.time() - newest < EXTERNAL_RUN_STALE_S:
         return _replace_state(progress, "running")
@@ -461,7 +444,8 @@ def _external_run_status(run_dir: Path, progress: JobStatus) -> JobStatus:
 
 
 def _progress_status(run_dir: Path) -> JobStatus:
-    progress = _read_json(run_dir / "progress.json")
+    store = RunStore(run_dir)
+    progress = store.read_progress()
     if progress:
         return JobStatus(
             "running",
@@ -471,7 +455,7 @@ def _progress_status(run_dir: Path) -> JobStatus:
             examples_per_s=progress.get("examples_per_s"),
             eta_s=progress.get("eta_s"),
         )
-    manifest = _read_json(run_dir / "manifest.json") or {}
+    manifest = store.manifest_or_none() or {}
     done, total = int(manifest.get("rows_done") or 0), int(manifest.get("n_train") or 0)
     return JobStatus("running", done=done, total=total, phase="gradients" if total else "")
 
@@ -482,11 +466,9 @@ def _replace_state(status: JobStatus, state: str, **changes: Any) -> JobStatus:
 
 
 def _mark_manifest_cancelled(run_dir: Path) -> None:
-    manifest_path = run_dir / "manifest.json"
-    manifest = _read_json(manifest_path)
-    if manifest and manifest.get("status") == "running":
-        manifest.update(status="cancelled", updated=_now())
-        _write_json_atomic(manifest_path, manifest)
+    store = RunStore(run_dir)
+    if store.exists() and store.status == "running":
+        store.update_manifest(status="cancelled")
 
 
 def job_dir(run_dir: str | Path) -> Path:
@@ -560,19 +542,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def _write_json_atomic(path: Path, value: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w") as handle:
-        json.dump(value, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------------------------

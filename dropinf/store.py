@@ -60,7 +60,7 @@ def exclusive_lock(lock_path: Path) -> Iterator[None]:
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` through a temporary file and a rename."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per writing process
     with open(temporary, "wb") as handle:
         handle.write(payload)
         handle.flush()
@@ -258,6 +258,10 @@ class RunStore:
         if not self.exists():
             raise RunNotFoundError(f"expected a run directory with manifest.json at {self.run_dir}")
         return json.loads(self.manifest_path.read_text())
+
+    def manifest_or_none(self) -> dict[str, Any] | None:
+        """The manifest, or None when there is none (yet)."""
+        return self.read_manifest() if self.exists() else None
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write the manifest (stamping ``updated``)."""

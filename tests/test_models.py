@@ -25,6 +25,7 @@ from dropinf.models import (
     build_model,
     check_model_fits_data,
     count_parameters,
+    file_sha256,
     load_checkpoint,
     save_checkpoint,
     sidecar_path,
@@ -262,3 +263,10 @@ def test_check_model_fits_data(digits_bundle):
     with pytest.raises(DataModelMismatchError, match="cannot take inputs"):
         check_model_fits_data(wrong_dim, digits_bundle)
     assert wrong_dim.training  # the check restores the training flag
+
+
+def test_file_sha256_is_the_digest_of_the_bytes(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc")
+    expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert file_sha256(path) == expected

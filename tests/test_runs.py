@@ -18,7 +18,6 @@ from dropinf.runs import (
     RunRequest,
     SyncJobRunner,
     compute_command,
-    file_sha256,
     job_dir,
     job_log_path,
     job_status,
@@ -96,12 +95,6 @@ def test_compute_command_refuses_options_the_cli_cannot_pass():
                          CurvatureConfig())  # fmt: skip
     with pytest.raises(ConfigError, match="calibration_batches"):
         compute_command(request, Path("/runs/x"))
-
-
-def test_file_sha256(tmp_path):
-    path = tmp_path / "f.bin"
-    path.write_bytes(b"abc")
-    assert file_sha256(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
 def test_absent_run(tmp_path):
