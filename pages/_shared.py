@@ -143,6 +143,17 @@ def set_context(context: Context) -> None:
         select_run(None)
 
 
+def open_context(context: Context) -> None:
+    """Load a model + dataset and rerun on it, or show why it cannot be loaded."""
+    try:
+        load_context(context)
+    except DropinfError as error:
+        show_error(error)
+        return
+    set_context(context)
+    st.rerun()
+
+
 def current_run_dir() -> Path | None:
     """The directory of the selected run, or None."""
     key = st.session_state.get(RUN_KEY)

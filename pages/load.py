@@ -22,12 +22,10 @@ def demo_panel() -> None:
     if st.button("Load the demo", type="primary", icon=":material/rocket_launch:", key="load_demo"):
         try:
             context = ui.ensure_demo()
-            ui.load_context(context)
         except DropinfError as error:
             ui.show_error(error)
             return
-        ui.set_context(context)
-        st.rerun()
+        ui.open_context(context)
 
 
 def checkpoint_input() -> Path | None:
@@ -94,13 +92,7 @@ def own_model_panel() -> None:
             arch_args=json.dumps(kwargs, sort_keys=True),
             title=Path(str(checkpoint)).name,
         )
-        try:
-            ui.load_context(context)
-        except DropinfError as error:
-            ui.show_error(error)
-            return
-        ui.set_context(context)
-        st.rerun()
+        ui.open_context(context)
 
 
 def summary(context: ui.Context) -> None:
