@@ -535,6 +535,7 @@ def pending_queue(store: RunStore, bundle: data.DatasetBundle) -> pd.DataFrame:
     meta = store.train_metadata()
     return review.review_queue(
         store.self_influence(),
+        meta["loss"],
         meta["label"],
         meta["prediction"],
         load_decisions(store.run_dir),
@@ -546,8 +547,7 @@ def pending_queue(store: RunStore, bundle: data.DatasetBundle) -> pd.DataFrame:
 
 def mislabel_scores(store: RunStore) -> dict[str, np.ndarray]:
     """The suspicion scores the detection panel compares, by display name."""
-    meta = store.train_metadata()
-    return review.mislabel_scores(store.self_influence(), meta["label"], meta["prediction"])
+    return review.mislabel_scores(store.self_influence(), store.train_metadata()["loss"])
 
 
 @st.cache_resource(show_spinner="Opening the run's influence engine…", max_entries=4)
