@@ -54,25 +54,30 @@ class CholeskyBlock:
 
 @dataclass
 class LowRankBlock:
-    """``F_b = V diag(σ) Vᵀ`` (orthonormal V, k_b × r) with damping λ."""
+    """``F_b = V diag(σ) Vᵀ`` (orthonormal V, k_b × r) with damping λ.
+
+    ``training_self_influence`` is this block's ``gᵀ(F_b + λI)⁻¹g`` of the rows it was factored
+    from, read off the eigendecomposition at fit time (never saved).
+    """
 
     start: int
     stop: int
     basis: torch.Tensor  # (k_b, r)
     eigenvalues: torch.Tensor  # (r,)
     damping: float
+    training_self_influence: torch.Tensor | None = None  # (N,)
 
     def precondition(self, gradients: torch.Tensor) -> torch.Tensor:
         """``g (F_b + λI)⁻¹ = g/λ + ((g V) ⊙ (1/(σ+λ) − 1/λ)) Vᵀ``."""
         g = gradients.to(self.basis.dtype)
-        scale = 1 / (self.eigenvalues + self.damping) - 1 / self.damping  # (r,)
+        scale = (1 / (self.eigenvalues + self.damping) - 1 / self.damping).to(g.dtype)  # (r,)
         return g / self.damping + ((g @ self.basis) * scale) @ self.basis.T
 
     def whiten(self, gradients: torch.Tensor) -> torch.Tensor:
         """``(F_b + λI)^(-1/2) g`` for each row: squared norm ``gᵀ(F_b + λI)⁻¹g``."""
         g = gradients.to(self.basis.dtype)
         root = self.damping**-0.5
-        scale = (self.eigenvalues + self.damping).rsqrt() - root  # (r,)
+        scale = ((self.eigenvalues + self.damping).rsqrt() - root).to(g.dtype)  # (r,)
         return g * root + ((g @ self.basis) * scale) @ self.basis.T
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -104,6 +109,33 @@ class Curvature:
     def whiten(self, gradients: torch.Tensor) -> torch.Tensor:
         """Whitened rows whose inner products are ``gᵀ(F + λI)⁻¹g'``."""
         return self._per_block(gradients, "whiten")
+
+    def training_self_influence(self, chunks: Iterable[tuple[int, torch.Tensor]]) -> torch.Tensor:
+        """``gᵀ(F + λI)⁻¹g`` of the training rows this curvature was fitted on, in order.
+
+        Low-rank blocks fitted here know it from their eigendecomposition; the other blocks
+        whiten the rows, which are read from ``chunks`` only if such a block exists.
+
+        Args:
+            chunks: ``(first row, (rows, k) training gradients)`` in fit order.
+
+        Returns:
+            (N,) float64 self-influence.
+        """
+        if self.kind == "identity":
+            return torch.cat([chunk.double().pow(2).sum(1).cpu() for _, chunk in chunks])
+        known = [b for b in self.blocks if getattr(b, "training_self_influence", None) is not None]
+        total = sum((b.training_self_influence.double().cpu() for b in known), torch.zeros(()))
+        others = [block for block in self.blocks if block not in known]
+        if not others:
+            return total
+        parts = []
+        for _, chunk in chunks:
+            part = torch.zeros(chunk.shape[0], dtype=torch.float64, device=chunk.device)
+            for block in others:
+                part += block.whiten(chunk[:, block.start : block.stop]).double().pow(2).sum(1)
+            parts.append(part.cpu())
+        return total + torch.cat(parts)
 
     def _per_block(self, gradients: torch.Tensor, operation: str) -> torch.Tensor:
         if self.kind == "identity":
@@ -140,14 +172,18 @@ class Curvature:
     def from_state(
         cls, kind: str, damping: float | None, tensors: dict[str, torch.Tensor]
     ) -> Curvature:
-        """Rebuild a curvature saved with ``state`` (factors in float64)."""
+        """Rebuild a curvature saved with ``state``.
+
+        Cholesky factors come back in float64 (triangular solves amplify rounding by the
+        condition number); low-rank blocks keep the saved dtype (their products are orthogonal
+        projections, and float32 halves the cost of scoring).
+        """
         blocks: list[Block] = []
         for i, (start, stop, low_rank) in enumerate(tensors["blocks"].tolist()):
             if low_rank:
-                basis, eigenvalues = tensors[f"{i}.basis"], tensors[f"{i}.eigenvalues"]
-                blocks.append(
-                    LowRankBlock(start, stop, basis.double(), eigenvalues.double(), damping)
-                )
+                basis = tensors[f"{i}.basis"]
+                eigenvalues = tensors[f"{i}.eigenvalues"].to(basis.dtype)
+                blocks.append(LowRankBlock(start, stop, basis, eigenvalues, damping))
             else:
                 blocks.append(CholeskyBlock(start, stop, tensors[f"{i}.factor"].double()))
         return cls(kind, blocks, damping)
@@ -174,7 +210,7 @@ class BlockStatistics:
     rows: list[torch.Tensor] | None = None  # chunks of (r, k_b), low-rank blocks
 
     def add(self, chunk: torch.Tensor) -> None:
-        """Accumulate a (rows, k) float64 chunk of training gradients."""
+        """Accumulate a (rows, k) chunk of training gradients."""
         part = chunk[:, self.start : self.stop]
         if self.low_rank:
             self.rows.append(part.clone())
@@ -189,22 +225,29 @@ class BlockStatistics:
 
 
 def gather_statistics(
-    shards: Iterable[np.ndarray], ranges: list[tuple[int, int]], n_rows: int, device: torch.device
+    shards: Iterable[np.ndarray],
+    ranges: list[tuple[int, int]],
+    n_rows: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float64,
 ) -> list[BlockStatistics]:
-    """One streaming pass over the shards, in chunks, collecting every block's statistics."""
+    """One streaming pass over the shards, in chunks, collecting every block's statistics.
+
+    ``dtype`` is the accumulation precision (the engine's); factorisations run in float64.
+    """
     statistics = []
     for start, stop in ranges:
         low_rank = n_rows < stop - start
         sums = (
             None
             if low_rank
-            else torch.zeros(stop - start, stop - start, dtype=torch.float64, device=device)
+            else torch.zeros(stop - start, stop - start, dtype=dtype, device=device)
         )
         statistics.append(BlockStatistics(start, stop, low_rank, sums, [] if low_rank else None))
     for shard in shards:
         for offset in range(0, shard.shape[0], CHUNK_ROWS):
             chunk = torch.from_numpy(np.array(shard[offset : offset + CHUNK_ROWS]))
-            chunk = chunk.to(device=device, dtype=torch.float64)  # (r, k)
+            chunk = chunk.to(device=device, dtype=dtype)  # (r, k)
             for block in statistics:
                 block.add(chunk)
     return statistics
@@ -222,7 +265,7 @@ def cholesky_block(block: BlockStatistics, n_rows: int, damping: float) -> Chole
     Raises:
         NonFiniteError: The factorisation failed (non-finite gradients, or λ too small).
     """
-    fisher = block.sums / max(n_rows, 1)
+    fisher = block.sums.double() / max(n_rows, 1)
     identity = torch.eye(fisher.shape[0], dtype=fisher.dtype, device=fisher.device)
     factor, info = torch.linalg.cholesky_ex(fisher + damping * identity)
     if int(info) != 0:
@@ -236,19 +279,27 @@ def cholesky_block(block: BlockStatistics, n_rows: int, damping: float) -> Chole
 def low_rank_block(block: BlockStatistics, damping: float) -> LowRankBlock:
     """Eigen-factor ``F_b = GᵀG/N`` through the N×N Gram matrix ``G Gᵀ/N``.
 
+    With ``G Gᵀ/N = U diag(σ) Uᵀ``, row i of G has coordinates ``√(Nσ) U_i`` on the basis
+    ``V = Gᵀ U / √(Nσ)``, so its self-influence is ``Σ_j Nσ_j U_ij² / (σ_j + λ)`` plus its
+    squared norm outside the kept eigenvectors over λ: no pass over the rows is needed.
+
     Raises:
         NonFiniteError: The gradients hold NaN/inf.
     """
     gradients = torch.cat(block.rows)  # (N, k_b)
     n_rows = gradients.shape[0]
-    gram = gradients @ gradients.T / n_rows  # (N, N)
+    gram = (gradients @ gradients.T).double() / n_rows  # (N, N)
     if not bool(torch.isfinite(gram).all()):
         raise NonFiniteError("expected finite training gradients; found NaN/inf in a block")
     eigenvalues, vectors = torch.linalg.eigh(gram)
     kept = eigenvalues > EIGENVALUE_FLOOR * eigenvalues.max().clamp(min=1e-300)
     eigenvalues, vectors = eigenvalues[kept], vectors[:, kept]
-    basis = gradients.T @ vectors / (n_rows * eigenvalues).sqrt()  # (k_b, r), orthonormal
-    return LowRankBlock(block.start, block.stop, basis, eigenvalues, damping)
+    scale = (n_rows * eigenvalues).sqrt()
+    basis = gradients.T @ (vectors / scale).to(gradients.dtype)  # (k_b, r), orthonormal
+    energy = vectors.pow(2) * (n_rows * eigenvalues)  # (N, r) squared coordinates
+    outside = (gram.diagonal() * n_rows - energy.sum(1)).clamp(min=0)
+    self_influence = (energy / (eigenvalues + damping)).sum(1) + outside / damping
+    return LowRankBlock(block.start, block.stop, basis, eigenvalues, damping, self_influence)
 
 
 def curvature_flops(kind: str, layer_dims: Sequence[int], n_train: int, n_examples: int) -> float:
@@ -281,6 +332,7 @@ def fit_curvature(
     n_rows: int,
     config: CurvatureConfig,
     device: torch.device,
+    dtype: torch.dtype = torch.float64,
 ) -> Curvature:
     """Fit the damped Fisher of stored gradients.
 
@@ -290,6 +342,7 @@ def fit_curvature(
         n_rows: Training examples in the shards.
         config: Kind and damping.
         device: Where to accumulate and factor.
+        dtype: Accumulation precision of the statistics (factorisations run in float64).
 
     Returns:
         The fitted curvature.
@@ -297,7 +350,8 @@ def fit_curvature(
     kind = config.resolve_kind(sum(layer_dims))
     if kind == "identity":
         return Curvature(kind, [], None)
-    statistics = gather_statistics(shards, curvature_ranges(kind, layer_dims), n_rows, device)
+    ranges = curvature_ranges(kind, layer_dims)
+    statistics = gather_statistics(shards, ranges, n_rows, device, dtype)
     damping = config.damping
     if damping is None:
         damping = default_damping(statistics, n_rows, config.damping_ratio)

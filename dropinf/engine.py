@@ -195,6 +195,7 @@ class InfluenceEngine:
         self.store = RunStore(run_dir or self._temporary.name)
         self.capture: GradientCapture | None = None
         self.curvature: Curvature | None = None
+        self._fitted_curvature: Curvature | None = None  # from the curvature phase to the next
         self._progress_phase, self._progress_time = "", 0.0
 
     @property
@@ -393,19 +394,19 @@ class InfluenceEngine:
             manifest["n_train"],
             self.curvature_config,
             self.device,
+            self.dtype,
         )
+        self._fitted_curvature = fitted  # knows the low-rank blocks' self-influence
         state = fitted.state(self.dtype)
         self.store.save_tensors("curvature.safetensors", state)
         self.curvature = Curvature.from_state(fitted.kind, fitted.damping, state).to(self.device)
         self.store.update_manifest(curvature_kind=fitted.kind, damping=fitted.damping)
 
     def _self_influence_phase(self) -> None:
-        n_train = self.store.read_manifest()["n_train"]
-        values = []
-        for start, gradients in self._train_chunks():
-            self._write_progress("self_influence", start, n_train, None)
-            values.append(self.curvature.whiten(gradients).pow(2).sum(dim=1).cpu())
-        self.store.save_self_influence(torch.cat(values).to(torch.float32).numpy())
+        self._write_progress("self_influence", 0, 1, None)
+        fitted, self._fitted_curvature = self._fitted_curvature, None
+        values = fitted.training_self_influence(self._train_chunks())
+        self.store.save_self_influence(values.to(torch.float32).numpy())
 
     def _test_scores_phase(self, test_dataset: Dataset, batch_size: int) -> None:
         self._write_progress("test_scores", 0, len(test_dataset), None)

@@ -369,3 +369,25 @@ def test_low_rank_and_cholesky_blocks_agree() -> None:
     assert torch.allclose(low_rank.precondition(probe), dense.precondition(probe), atol=1e-10)
     inner = low_rank.whiten(probe) @ low_rank.whiten(probe).T
     assert torch.allclose(inner, dense.whiten(probe) @ dense.whiten(probe).T, atol=1e-10)
+    whitened_rows = dense.whiten(rows).pow(2).sum(1)
+    assert torch.allclose(low_rank.training_self_influence, whitened_rows, rtol=1e-10)
+
+
+def test_training_self_influence_reads_low_rank_blocks_off_their_factorisation() -> None:
+    from dropinf.config import CurvatureConfig
+    from dropinf.curvature import LowRankBlock, fit_curvature
+
+    generator = torch.Generator().manual_seed(5)
+    rows = torch.randn(10, 40, generator=generator, dtype=torch.float64)
+    rows[:, 28:] = rows[:, 28:29]  # a rank-one layer: most eigenvalues are floored
+    shards = [rows[:6].numpy(), rows[6:].numpy()]
+    config = CurvatureConfig(kind="block", damping=0.2)
+    fitted = fit_curvature(shards, [4, 24, 12], 10, config, torch.device("cpu"))
+    assert [type(b).__name__ for b in fitted.blocks] == ["CholeskyBlock", *["LowRankBlock"] * 2]
+    chunks = [(0, rows[:6]), (6, rows[6:])]
+    expected = fitted.whiten(rows).pow(2).sum(1)
+    assert torch.allclose(fitted.training_self_influence(chunks), expected, rtol=1e-9)
+    without = [LowRankBlock(b.start, b.stop, b.basis, b.eigenvalues, b.damping)
+               if isinstance(b, LowRankBlock) else b for b in fitted.blocks]  # fmt: skip
+    fitted.blocks = without  # as reloaded from disk: every block whitens the rows
+    assert torch.allclose(fitted.training_self_influence(chunks), expected, rtol=1e-9)
