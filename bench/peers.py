@@ -20,11 +20,13 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -33,9 +35,11 @@ sys.path[:0] = [str(BENCH), str(ROOT)]
 from peers_measure import MethodResult  # noqa: E402
 from peers_methods import (  # noqa: E402
     Problem,
+    captum_arnoldi_adapter,
     captum_tracin_adapter,
     cleanlab_adapter,
     dattri_block_adapter,
+    dattri_if_adapter,
     dattri_trak_adapter,
     dropinf_adapter,
     kronfluence_adapter,
@@ -51,6 +55,8 @@ CACHE = BENCH / ".cache"
 THREADS = 2
 KEEP_RATIO = 0.25
 DAMPING_GRID = (0.01, 0.1, 1.0)
+HEAVY_SEED = 0  # the noise seed heavy methods run on
+SELECTION_TESTS = 250  # held-out (even-indexed) test examples each method's damping is chosen on
 SHIFTS = ((0, 0), (0, 1), (1, 0), (0, -1), (-1, 0))
 
 
@@ -65,9 +71,7 @@ class Size:
         archs: Architectures.
         noise_kinds: Label-noise kinds.
         seeds: Noise seeds.
-        lds_subsets: Retrained subsets for LDS (on noise seed 0 of each arch × kind).
-        lds_archs: Architectures whose LDS is measured (retraining the CNN 50 times is too slow
-            for 2 cores).
+        lds_subsets: Retrained subsets for LDS (every setting; 0: no LDS).
         epochs: Training epochs of the recipe.
         method_timeout_s: A method still running after this is stopped and reported as such.
     """
@@ -79,7 +83,6 @@ class Size:
     noise_kinds: tuple[str, ...]
     seeds: tuple[int, ...]
     lds_subsets: int
-    lds_archs: tuple[str, ...]
     epochs: int
     method_timeout_s: int
 
@@ -92,11 +95,10 @@ FULL = Size(
     ("symmetric", "class_conditional"),
     (0, 1, 2),
     50,
-    ("mlp",),
     8,
     240,
 )
-SMOKE = Size(1, 300, 40, ("mlp",), ("symmetric",), (0,), 6, ("mlp",), 5, 120)
+SMOKE = Size(1, 300, 40, ("mlp",), ("symmetric",), (0,), 6, 5, 120)
 
 
 # ------------------------------------------------------------------------------------ data
@@ -179,22 +181,44 @@ def fold_trainer(recipe, bundle: DatasetBundle):
 # ---------------------------------------------------------------------------------- methods
 
 
-def method_table(dropinf_only: bool, recipe, bundle: DatasetBundle) -> dict:
-    """Method label -> adapter, in table order."""
+@dataclass(frozen=True)
+class Method:
+    """A row of the table.
+
+    Attributes:
+        adapter: The method's adapter.
+        damped: It takes the shared damping grid (chosen on noise seed 0 of each architecture ×
+            noise kind, reused on the other seeds).
+        heavy: It runs on noise seed 0 only (minutes per setting on 2 cores).
+    """
+
+    adapter: Callable[[Problem, MethodResult], None]
+    damped: bool = False
+    heavy: bool = False
+
+
+def method_table(dropinf_only: bool, recipe, bundle: DatasetBundle) -> dict[str, Method]:
+    """Method label -> method, in table order (dropinf dropout first: it fixes k)."""
     methods = {
-        "dropinf dropout": dropinf_adapter("dropout", KEEP_RATIO, mask="uniform"),
-        "dropinf dropout (energy mask)": dropinf_adapter("dropout", KEEP_RATIO, mask="energy"),
+        "dropinf dropout": Method(dropinf_adapter("dropout", KEEP_RATIO, "uniform"), True),
+        "dropinf dropout (energy mask)": Method(
+            dropinf_adapter("dropout", KEEP_RATIO, "energy"), True
+        ),
     }
     if dropinf_only:
         return methods
     methods |= {
-        "TRAK (traker)": traker_adapter,
-        "dattri TRAK": dattri_trak_adapter,
-        "dattri LoGra": dattri_block_adapter("logra"),
-        "dattri FactGraSS": dattri_block_adapter("factgrass"),
-        "Kronfluence EK-FAC": kronfluence_adapter,
-        "captum TracInCP": captum_tracin_adapter,
-        "cleanlab": cleanlab_adapter(fold_trainer(recipe, bundle)),
+        "TRAK (traker)": Method(traker_adapter, damped=True),
+        "dattri TRAK": Method(dattri_trak_adapter),  # its λ is not reachable: 0
+        "dattri LoGra": Method(dattri_block_adapter("logra"), damped=True),
+        "dattri FactGraSS": Method(dattri_block_adapter("factgrass"), damped=True),
+        "dattri IF (Arnoldi)": Method(dattri_if_adapter("arnoldi"), damped=True),
+        "dattri IF (DataInf)": Method(dattri_if_adapter("datainf"), damped=True, heavy=True),
+        "dattri IF (explicit)": Method(dattri_if_adapter("explicit")),
+        "Kronfluence EK-FAC": Method(kronfluence_adapter, damped=True),
+        "captum TracInCP": Method(captum_tracin_adapter),
+        "captum IF (Arnoldi)": Method(captum_arnoldi_adapter, damped=True, heavy=True),
+        "cleanlab": Method(cleanlab_adapter(fold_trainer(recipe, bundle))),
     }
     return methods
 
@@ -231,23 +255,36 @@ def fidelity_pair(problem: Problem, arch: str) -> tuple[dict[str, float], np.nda
     return report, scores["identity"]
 
 
-def choose_damping(problem: Problem, subsets: evaluate.SubsetOutputs | None) -> float:
-    """Pick dropinf's damping ratio from the shared grid by LDS on the even test examples."""
-    if subsets is None:
-        return 0.1
+def selection_rows(n_test: int) -> np.ndarray:
+    """The held-out test examples damping is chosen on: the first even-indexed ones."""
+    return np.arange(0, n_test, 2)[:SELECTION_TESTS]
+
+
+def choose_damping(
+    name: str, method: Method, problem: Problem, subsets: evaluate.SubsetOutputs, timeout_s: int
+) -> tuple[float, MethodResult | None]:
+    """The grid ratio with the best LDS on the held-out (even-indexed) test examples.
+
+    Returns:
+        The ratio, and the failed run if the method failed on the held-out examples.
+    """
+    rows = selection_rows(len(problem.test))
+    held_out = replace(problem, test=Subset(problem.test, rows.tolist()))
     best, best_lds = DAMPING_GRID[0], -np.inf
     for ratio in DAMPING_GRID:
-        result = run_method(
-            "grid", dropinf_adapter("dropout", KEEP_RATIO), replace(problem, damping_ratio=ratio)
-        )
-        lds = _lds(result.scores, subsets, held_out=True)
+        result = run_method(name, method.adapter, replace(held_out, damping_ratio=ratio), timeout_s)
+        if result.error is not None:
+            return ratio, result
+        margins = subsets.margins[:, rows]
+        lds = evaluate.linear_datamodeling_score(result.scores, subsets.masks, margins).lds
         if lds > best_lds:
             best, best_lds = ratio, lds
-    return best
+    return best, None
 
 
-def _lds(scores: np.ndarray, subsets: evaluate.SubsetOutputs, held_out: bool) -> float:
-    rows = np.arange(scores.shape[0])[0 if held_out else 1 :: 2]  # even: selection, odd: report
+def report_lds(scores: np.ndarray, subsets: evaluate.SubsetOutputs) -> float:
+    """LDS on the odd-indexed test examples (the even ones choose the damping)."""
+    rows = np.arange(1, scores.shape[0], 2)
     report = evaluate.linear_datamodeling_score(
         scores[rows], subsets.masks, subsets.margins[:, rows]
     )
@@ -257,14 +294,38 @@ def _lds(scores: np.ndarray, subsets: evaluate.SubsetOutputs, held_out: bool) ->
 # ---------------------------------------------------------------------------------- settings
 
 
-def run_setting(size: Size, arch: str, kind: str, seed: int, dropinf_only: bool) -> dict:
-    """Train, run every method, evaluate: one table's worth of results."""
+@dataclass
+class Carry:
+    """What later settings of one invocation reuse from earlier ones.
+
+    Attributes:
+        timed_out: ``"arch/method"`` -> the setting where the method ran past the time limit;
+            it is not run again on that architecture.
+        ratios: ``"arch/noise/method"`` -> the damping ratio chosen on noise seed 0.
+    """
+
+    timed_out: dict[str, str] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+
+
+def run_setting(
+    size: Size, arch: str, kind: str, seed: int, dropinf_only: bool, carry: Carry
+) -> dict:
+    """Train, run every method, evaluate: one table's worth of results.
+
+    Args:
+        size: The benchmark size.
+        arch: Architecture.
+        kind: Noise kind.
+        seed: Noise seed.
+        dropinf_only: Skip the peers.
+        carry: Time-outs and chosen damping ratios of earlier settings (updated here).
+    """
     bundle = load_setting(size, kind, seed)
     recipe = make_recipe(arch, bundle, size.epochs)
     torch.manual_seed(0)
     model = train(recipe, bundle)
-    with_lds = seed == 0 and arch in size.lds_archs and size.lds_subsets > 0
-    subsets = _subset_outputs(size, recipe, bundle) if with_lds else None
+    subsets = _subset_outputs(size, recipe, bundle) if size.lds_subsets > 0 else None
     workdir = Path(tempfile.mkdtemp(prefix="peers-"))
     problem = Problem(
         model,
@@ -275,17 +336,27 @@ def run_setting(size: Size, arch: str, kind: str, seed: int, dropinf_only: bool)
         num_classes=bundle.num_classes,
         workdir=workdir,
     )
-    problem.damping_ratio = choose_damping(problem, subsets)
-    fidelity, exact = fidelity_pair(problem, arch)
-    results = []
+    results, ratios = [], {}
     with contextlib.chdir(workdir):  # peers that write into the working directory (dattri)
-        for name, adapter in method_table(dropinf_only, recipe, bundle).items():
-            result = run_method(name, adapter, problem, timeout_s=size.method_timeout_s)
+        for name, method in method_table(dropinf_only, recipe, bundle).items():
+            skipped = _skip_reason(name, method, arch, seed, size, carry)
+            if skipped:
+                results.append(MethodResult(name=name, skipped=skipped))
+                continue
+            known = carry.ratios.get(f"{arch}/{kind}/{name}")
+            result, ratios[name] = _run_chosen(name, method, problem, subsets, size, known)
             if name == "dropinf dropout" and result.k:
                 problem.k = result.k  # every peer with a compressed dimension gets the same k
+            if result.error and "MethodTimeoutError" in result.error:
+                carry.timed_out[f"{arch}/{name}"] = f"{arch} / {kind} / seed {seed}"
+            if ratios[name] is not None and not result.error:
+                carry.ratios[f"{arch}/{kind}/{name}"] = ratios[name]
             results.append(result)
             print(f"  {name}: {result.total_s:.2f}s {result.error or ''}", flush=True)
-    rows = [_method_row(r, bundle, subsets, exact) for r in results]
+    fidelity, exact = fidelity_pair(
+        replace(problem, damping_ratio=ratios.get("dropinf dropout") or 0.1), arch
+    )
+    rows = [_method_row(r, bundle, subsets, exact, ratios.get(r.name)) for r in results]
     return {
         "arch": arch,
         "noise": kind,
@@ -293,11 +364,36 @@ def run_setting(size: Size, arch: str, kind: str, seed: int, dropinf_only: bool)
         "n_train": len(bundle.train),
         "n_test": len(bundle.test),
         "recipe": asdict(recipe),
-        "damping_ratio": problem.damping_ratio,
+        "damping_ratio": ratios.get("dropinf dropout"),
         "k": problem.k,
         "fidelity": fidelity,
         "methods": rows,
     }
+
+
+def _skip_reason(name: str, method: Method, arch: str, seed: int, size: Size, carry: Carry) -> str:
+    """Why a method is not run on this setting ("" when it is)."""
+    first = carry.timed_out.get(f"{arch}/{name}")
+    if first:
+        return f"ran past the {size.method_timeout_s} s limit on {first}; not run again"
+    if method.heavy and seed != HEAVY_SEED:
+        return f"heavy: runs on noise seed {HEAVY_SEED} only"
+    return ""
+
+
+def _run_chosen(
+    name: str, method: Method, problem: Problem, subsets, size: Size, known: float | None
+) -> tuple[MethodResult, float | None]:
+    """Choose the method's damping on held-out examples (unless known), then run it timed."""
+    ratio = known
+    if method.damped and ratio is None and subsets is not None:
+        ratio, failed = choose_damping(name, method, problem, subsets, size.method_timeout_s)
+        if failed is not None:
+            return failed, ratio
+    elif method.damped and ratio is None:
+        ratio = problem.damping_ratio
+    chosen = replace(problem, damping_ratio=ratio if ratio is not None else problem.damping_ratio)
+    return run_method(name, method.adapter, chosen, timeout_s=size.method_timeout_s), ratio
 
 
 def _subset_outputs(size: Size, recipe, bundle: DatasetBundle) -> evaluate.SubsetOutputs:
@@ -309,7 +405,9 @@ def _subset_outputs(size: Size, recipe, bundle: DatasetBundle) -> evaluate.Subse
     return outputs
 
 
-def _method_row(result: MethodResult, bundle: DatasetBundle, subsets, exact) -> dict:
+def _method_row(
+    result: MethodResult, bundle: DatasetBundle, subsets, exact, damping_ratio: float | None
+) -> dict:
     row = {
         "method": result.name,
         "phases": result.phases,
@@ -317,18 +415,25 @@ def _method_row(result: MethodResult, bundle: DatasetBundle, subsets, exact) -> 
         "peak_mb": result.peak_bytes / 2**20,
         "stored_mb": result.bytes_stored / 2**20,
         "k": result.k,
+        "damping_ratio": damping_ratio,
         "note": result.note.splitlines()[0] if result.note else "",
         "error": result.error,
+        "skipped": result.skipped,
     }
-    if result.error is not None:
+    if result.error is not None or result.skipped:
         return row
     if result.suspicion is not None:
         report = evaluate.detection_report(result.suspicion, bundle.noisy_mask)
         row["auc"], row["recall_10"] = report.auc, report.recall_at_share[0.1]
+    self_influence = result.self_influence
+    if self_influence is None and result.scores is not None:
+        self_influence = result.suspicion  # an influence method detects by self-influence
+    if self_influence is not None:
+        row["auc_self_influence"] = evaluate.roc_auc(self_influence, bundle.noisy_mask)
     if result.scores is not None:
         row["agreement_exact"] = evaluate.fidelity(result.scores, exact).spearman
         if subsets is not None:
-            row["lds"] = _lds(result.scores, subsets, held_out=False)
+            row["lds"] = report_lds(result.scores, subsets)
     return row
 
 
@@ -376,22 +481,27 @@ def main(argv: list[str] | None = None) -> int:
     size = SMOKE if args.smoke else FULL
     overrides = {"archs": args.archs, "noise_kinds": args.kinds, "seeds": args.seeds}
     size = replace(size, **{k: tuple(v) for k, v in overrides.items() if v})
-    settings = []
+    settings, carry = [], Carry()
     for arch in size.archs:
         for kind in size.noise_kinds:
             for seed in size.seeds:
                 print(f"{arch} / {kind} / seed {seed}", flush=True)
-                settings.append(run_setting(size, arch, kind, seed, args.dropinf_only))
+                settings.append(run_setting(size, arch, kind, seed, args.dropinf_only, carry))
+                write_results(args, size, settings)  # after each setting: a stop loses little
+    return 0
+
+
+def write_results(args: argparse.Namespace, size: Size, settings: list[dict]) -> None:
+    """The raw JSON, the markdown report and the plot of the settings done so far."""
+    from peers_report import write_plot, write_report
+
     if args.keep_from is not None:
         settings = kept_settings(args.keep_from, settings) + settings
     payload = {"size": asdict(size), "versions": versions(), "argv": sys.argv, "settings": settings}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(payload, indent=1, default=float))
-    from peers_report import write_plot, write_report
-
     write_report(payload, args.out)
     write_plot(payload, args.plot)
-    return 0
 
 
 if __name__ == "__main__":

@@ -56,23 +56,28 @@ class MethodResult:
             (all test examples), ``self_influence``; a phase the method fuses into another is
             absent.
         scores: (n_test, n_train) attribution, + = proponent; None for detection-only methods.
-        suspicion: (n_train,) mislabel suspicion (self-influence, or 1 - p(given label)).
+        suspicion: (n_train,) the method's mislabel detection score (self-influence for the
+            influence peers, the leave-one-out loss for dropinf, 1 - label quality for cleanlab).
+        self_influence: (n_train,) self-influence where the detection score is another one.
         peak_bytes: Peak resident memory above the process's level at the start.
         bytes_stored: Bytes the method keeps for later queries (disk or cache tensors).
         k: Compressed dimension, where the method has one.
         note: Free text (what the method computes, deviations).
         error: The exception text when the method failed; the other fields are then empty.
+        skipped: Why the method was not run on this setting (empty when it ran).
     """
 
     name: str
     phases: dict[str, float] = field(default_factory=dict)
     scores: np.ndarray | None = None
     suspicion: np.ndarray | None = None
+    self_influence: np.ndarray | None = None
     peak_bytes: int = 0
     bytes_stored: int = 0
     k: int | None = None
     note: str = ""
     error: str | None = None
+    skipped: str = ""
 
     @property
     def total_s(self) -> float:

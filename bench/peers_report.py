@@ -16,10 +16,12 @@ COLUMNS = (
     "total s",
     "peak MB",
     "stored MB",
+    "damping",
     "agreement w/ exact",
     "LDS",
     "AUC",
     "recall@10%",
+    "AUC self-infl.",
 )
 
 
@@ -36,10 +38,13 @@ def method_cells(row: dict) -> list[str]:
     phases = row["phases"]
     other = sum(v for k, v in phases.items() if k not in PHASES)
     times = [_fmt(phases.get(name), 2) for name in PHASES]
+    if row.get("skipped"):
+        total = "not run" if "limit" in row["skipped"] else "seed 0 only"
+        return [row["method"], "—", *(["—"] * 5), total, *(["—"] * 8)]
     if row.get("error"):
         limit = re.search(r"\(> (\d+) s\)", row["error"])
         total = f"> {limit.group(1)}" if limit else "failed"
-        return [row["method"], "—", *(["—"] * 5), total, *(["—"] * 6)]
+        return [row["method"], "—", *(["—"] * 5), total, *(["—"] * 8)]
     return [
         row["method"],
         _fmt(row["k"]),
@@ -48,10 +53,12 @@ def method_cells(row: dict) -> list[str]:
         _fmt(row["total_s"], 2),
         _fmt(row["peak_mb"], 0),
         _fmt(row["stored_mb"], 2),
+        _fmt(row.get("damping_ratio"), 2),
         _fmt(row.get("agreement_exact")),
         _fmt(row.get("lds")),
         _fmt(row.get("auc")),
         _fmt(row.get("recall_10")),
+        _fmt(row.get("auc_self_influence")),
     ]
 
 
@@ -74,29 +81,99 @@ def setting_table(setting: dict) -> list[str]:
     lines += ["| " + " | ".join(method_cells(row)) + " |" for row in setting["methods"]]
     failures = [row for row in setting["methods"] if row.get("error")]
     lines += [""] + [f"- **{row['method']}** failed: `{row['error']}`" for row in failures]
+    skipped = [row for row in setting["methods"] if row.get("skipped")]
+    lines += [f"- **{row['method']}**: {row['skipped']}" for row in skipped]
     return lines
+
+
+SUMMARY_KEYS = ("total_s", "lds", "auc", "recall_10")
+DROPINF = "dropinf dropout"
+DETECTION_REFERENCE = "cleanlab"
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "—"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return _fmt(mean)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{_fmt(mean)} ± {_fmt(sd)}"
+
+
+def _groups(settings: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """Settings grouped by (architecture, noise kind), seeds together."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for setting in settings:
+        groups[(setting["arch"], setting["noise"])].append(setting)
+    return groups
+
+
+def _values(settings: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """Method -> key -> the values over the settings where the method ran."""
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for setting in settings:
+        for row in setting["methods"]:
+            if row.get("skipped"):
+                continue
+            values[row["method"]]["runs"].append(0.0)
+            for key in SUMMARY_KEYS:
+                if row.get(key) is not None and not row.get("error"):
+                    values[row["method"]][key].append(float(row[key]))
+    return values
 
 
 def summary_table(settings: list[dict]) -> list[str]:
-    """Mean over settings of total time, LDS, AUC and recall per method."""
-    sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for setting in settings:
-        for row in setting["methods"]:
-            for key in ("total_s", "lds", "auc", "recall_10"):
-                value = row.get(key)
-                if value is not None and not row.get("error"):
-                    sums[row["method"]][key].append(float(value))
-    lines = [
-        "| method | mean total s | mean LDS | mean AUC | mean recall@10% | settings |",
-        "|---|---|---|---|---|---|",
-    ]
-    for method, values in sums.items():
-        means = [
-            _fmt(sum(v) / len(v)) if v else "—"
-            for v in (values["total_s"], values["lds"], values["auc"], values["recall_10"])
+    """Per architecture × noise kind: mean ± sd over the seeds of time, LDS, AUC and recall."""
+    lines = []
+    for (arch, noise), group in _groups(settings).items():
+        seeds = ", ".join(str(s["seed"]) for s in group)
+        lines += [
+            f"**{arch} · {noise} noise** (seeds {seeds})",
+            "",
+            "| method | total s | LDS | AUC | recall@10% | ran |",
+            "|---|---|---|---|---|---|",
         ]
-        lines.append(f"| {method} | " + " | ".join(means) + f" | {len(values['total_s'])} |")
+        for method, values in _values(group).items():
+            cells = [_mean_sd(values[key]) for key in SUMMARY_KEYS]
+            ran = f"{len(values['total_s'])} / {len(values['runs'])}"
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {ran} |")
+        lines.append("")
     return lines
+
+
+def target_table(settings: list[dict]) -> list[str]:
+    """The issue's targets per setting: speed-up at equal-or-better LDS, AUC against cleanlab."""
+    lines = [
+        "| setting | dropinf s | dropinf LDS | fastest peer (s, LDS) | fastest peer with LDS ≥ "
+        "dropinf's | speed-up vs it | dropinf AUC | cleanlab AUC |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for setting in settings:
+        rows = {r["method"]: r for r in setting["methods"] if not r.get("error")}
+        ours = rows.get(DROPINF)
+        if ours is None:
+            continue
+        peers = [r for name, r in rows.items() if not name.startswith("dropinf")]
+        fastest = min(peers, key=lambda r: r["total_s"], default=None)
+        lds = ours.get("lds")
+        rivals = [r for r in peers if lds is not None and (r.get("lds") or -1) >= lds]
+        rival = min(rivals, key=lambda r: r["total_s"], default=None)
+        cleanlab = rows.get(DETECTION_REFERENCE, {})
+        lines.append(
+            f"| {setting['arch']} · {setting['noise']} · {setting['seed']} "
+            f"| {_fmt(ours['total_s'], 2)} | {_fmt(lds)} "
+            f"| {_describe(fastest)} | {_describe(rival) if rival else 'none'} "
+            f"| {_fmt(rival['total_s'] / ours['total_s'], 1) + '×' if rival else '—'} "
+            f"| {_fmt(ours.get('auc'))} | {_fmt(cleanlab.get('auc'))} |"
+        )
+    return lines
+
+
+def _describe(row: dict | None) -> str:
+    if row is None:
+        return "—"
+    return f"{row['method']} ({_fmt(row['total_s'], 2)} s, LDS {_fmt(row.get('lds'))})"
 
 
 METHOD_NOTES = """## How it is measured
@@ -111,12 +188,12 @@ METHOD_NOTES = """## How it is measured
 - **k**: dropinf dropout at keep ratio 0.25 fixes k; TRAK (traker and dattri) project to the
   same k; dattri LoGra / FactGraSS get ⌊√(k)⌋² per layer (their factorised projection needs a
   square). Kronfluence (EK-FAC) and captum TracInCP work on full gradients (no k).
-- **Damping**: one shared grid of ratios (0.01, 0.1, 1) × mean diag of the method's own Gram /
-  Fisher matrix. dropinf's ratio is picked by LDS on the even-indexed test examples; LDS is then
-  reported on the odd-indexed ones for every method. traker gets the same ratio
-  (`lambda_reg = ratio · mean diag ΦᵀΦ`). Kronfluence uses its own heuristic (0.1 · mean
-  eigenvalue, the grid's middle point), dattri's attributors their defaults (TRAK:
-  regularization 0; LoGra / FactGraSS: their damping heuristic).
+- **Damping**: one shared grid of ratios (0.01, 0.1, 1) × the mean diagonal of each method's
+  own curvature (dropinf: its compressed Fisher; traker: ΦᵀΦ; Kronfluence: its EK-FAC
+  eigenvalues; dattri / captum: see each method's note). Every method with a damping runs once
+  per ratio on 250 held-out test examples (the even-indexed ones) and keeps the ratio with the
+  best LDS there; the timed run then scores all test examples, and LDS is reported on the
+  odd-indexed ones only. The `damping` column is the chosen ratio (— for methods without one).
 - **Phases**: `gradients` = per-sample gradients incl. compression / projection; `curvature`
   = fitting and factoring the curvature; `scoring` = all test examples against all training
   examples; `self_influence` = the detection score. A method that fuses phases reports them
@@ -131,11 +208,16 @@ METHOD_NOTES = """## How it is measured
   is agreement, not fidelity.
 - **LDS**: 50 % subsets of the training set, retrained with the same recipe (seeded, cached in
   `bench/.cache/lds-<key>.npz` by recipe + data fingerprint + subset seed), correct-class margin
-  as the output, Spearman per test example averaged. Only on noise seed 0 and the MLP (retraining
-  the CNN 50× is beyond a 2-core budget).
-- **Detection**: self-influence (cleanlab: 1 − label quality from 5-fold CV probabilities) as the
-  suspicion score against the ground-truth flip mask: ROC AUC and recall when 10 % of the
-  training set is inspected (`dropinf.evaluate`).
+  as the output, Spearman per test example averaged; every setting, both architectures.
+- **Detection**: each method's own detector against the ground-truth flip mask: ROC AUC and
+  recall when 10 % of the training set is inspected (`dropinf.evaluate`). dropinf ranks by the
+  influence-estimated leave-one-out loss `loss + self-influence / N` (`dropinf.review`, the
+  dashboard's queue order); the influence peers by self-influence; cleanlab by 1 − label quality
+  from 5-fold cross-validated probabilities. `AUC self-infl.` is plain self-influence for every
+  influence method (dropinf included), to compare like with like.
+- **Targets**: per setting, dropinf dropout's end-to-end time against the fastest peer, and
+  against the fastest peer whose LDS is at least dropinf's ("none" when no peer reaches it),
+  and its detection AUC against cleanlab's.
 """
 
 
@@ -149,83 +231,85 @@ def write_report(payload: dict, path: Path) -> None:
         f"Versions: {versions}  ",
         f"Size: `{payload['size']}`",
         "",
-        "## Summary (mean over settings)",
+        "## Summary (mean ± sd over noise seeds)",
         "",
     ]
-    lines += [*summary_table(payload["settings"]), "", METHOD_NOTES, "## Per setting", ""]
+    lines += summary_table(payload["settings"])
+    lines += ["## Targets per setting", "", *target_table(payload["settings"]), ""]
+    lines += [METHOD_NOTES, "## Per setting", ""]
     for setting in payload["settings"]:
         lines += [*setting_table(setting), ""]
     path.write_text("\n".join(lines) + "\n")
 
 
-def plot_points(payload: dict) -> list[tuple[str, float, float]]:
-    """(method, mean total seconds, mean LDS) over the settings where LDS was measured."""
-    points = []
-    for method, values in _means(payload).items():
-        if "total_s" in values and "lds" in values:
-            points.append((method, values["total_s"], values["lds"]))
-    return points
-
-
-def _means(payload: dict) -> dict[str, dict[str, float]]:
-    sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    with_lds = [s for s in payload["settings"] if any(r.get("lds") for r in s["methods"])]
-    for setting in with_lds:
-        for row in setting["methods"]:
-            for key in ("total_s", "lds", "auc"):
-                if row.get(key) is not None and not row.get("error"):
-                    sums[row["method"]][key].append(float(row[key]))
-    return {m: {k: sum(v) / len(v) for k, v in d.items() if v} for m, d in sums.items()}
+def plot_points(payload: dict) -> dict[str, list[tuple[str, float, float]]]:
+    """Architecture -> (method, mean total seconds, mean LDS) over its settings with LDS."""
+    panels: dict[str, list[tuple[str, float, float]]] = {}
+    for arch in dict.fromkeys(s["arch"] for s in payload["settings"]):
+        settings = [s for s in payload["settings"] if s["arch"] == arch]
+        values = _values([s for s in settings if any(r.get("lds") for r in s["methods"])])
+        points = [
+            (method, sum(v["total_s"]) / len(v["total_s"]), sum(v["lds"]) / len(v["lds"]))
+            for method, v in values.items()
+            if v["total_s"] and v["lds"]
+        ]
+        if points:
+            panels[arch] = points
+    return panels
 
 
 def write_plot(payload: dict, path: Path) -> None:
-    """LDS against end-to-end time (log axis), averaged over the settings that have LDS."""
-    points = plot_points(payload)
+    """LDS against end-to-end time (log axis), one panel per architecture, means over settings."""
+    panels = plot_points(payload)
     try:
-        _plot_matplotlib(points, path)
+        _plot_matplotlib(panels, path)
     except ImportError:
-        _plot_pil(points, path)
+        _plot_pil(panels, path)
 
 
-def _plot_matplotlib(points, path: Path) -> None:
+def _plot_matplotlib(panels: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, axes = pyplot.subplots(figsize=(7, 4.5), dpi=120)
-    for method, seconds, quality in points:
-        axes.scatter(seconds, quality, s=40)
-        axes.annotate(
-            method, (seconds, quality), textcoords="offset points", xytext=(5, 4), fontsize=8
-        )
-    axes.set_xscale("log")
-    axes.set_xlabel("end-to-end seconds (gradients + curvature + scoring + self-influence)")
-    axes.set_ylabel("LDS (linear datamodeling score)")
-    axes.set_title("dropinf vs peers: LDS vs time (mean over settings with LDS)")
-    axes.grid(alpha=0.3)
+    count = max(len(panels), 1)
+    figure, axes = pyplot.subplots(1, count, figsize=(6.5 * count, 4.8), dpi=120, squeeze=False)
+    for axis, (arch, points) in zip(axes[0], panels.items(), strict=False):
+        for method, seconds, quality in points:
+            marker = "*" if method.startswith("dropinf") else "o"
+            axis.scatter(seconds, quality, s=110 if marker == "*" else 40, marker=marker)
+            axis.annotate(
+                method, (seconds, quality), textcoords="offset points", xytext=(5, 4), fontsize=8
+            )
+        axis.set_xscale("log")
+        axis.set_xlabel("end-to-end seconds (gradients + curvature + scoring + self-influence)")
+        axis.set_ylabel("LDS (linear datamodeling score)")
+        axis.set_title(f"{arch}: LDS vs time (mean over settings)")
+        axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
     pyplot.close(figure)
 
 
-def _plot_pil(points, path: Path) -> None:
+def _plot_pil(panels: dict, path: Path) -> None:
     from PIL import Image, ImageDraw
 
     width, height, margin = 840, 540, 70
-    image = Image.new("RGB", (width, height), "white")
+    image = Image.new("RGB", (width * max(len(panels), 1), height), "white")
     draw = ImageDraw.Draw(image)
-    draw.rectangle([margin, 20, width - 20, height - margin], outline="black")
-    if points:
+    for offset, (arch, points) in enumerate(panels.items()):
+        left = offset * width
+        draw.rectangle([left + margin, 20, left + width - 20, height - margin], outline="black")
         xs = [math.log10(max(p[1], 1e-3)) for p in points]
         ys = [p[2] for p in points]
         x0, x1 = min(xs) - 0.2, max(xs) + 0.2
         y0, y1 = min(ys) - 0.05, max(ys) + 0.05
         for (method, _, _), x, y in zip(points, xs, ys, strict=True):
-            px = margin + (x - x0) / (x1 - x0) * (width - 20 - margin)
+            px = left + margin + (x - x0) / (x1 - x0) * (width - 20 - margin)
             py = height - margin - (y - y0) / (y1 - y0) * (height - margin - 20)
             draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill="navy")
             draw.text((px + 6, py - 12), method, fill="black")
-    draw.text((margin, height - margin + 20), "log10 end-to-end seconds", fill="black")
-    draw.text((5, 5), "LDS (linear datamodeling score)", fill="black")
+        draw.text((left + margin, height - margin + 20), "log10 end-to-end seconds", fill="black")
+        draw.text((left + 5, 5), f"{arch}: LDS (linear datamodeling score)", fill="black")
     image.save(path)
