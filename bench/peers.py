@@ -302,10 +302,23 @@ class Carry:
         timed_out: ``"arch/method"`` -> the setting where the method ran past the time limit;
             it is not run again on that architecture.
         ratios: ``"arch/noise/method"`` -> the damping ratio chosen on noise seed 0.
+        skip: Methods not run in this invocation (``--skip-methods``).
     """
 
     timed_out: dict[str, str] = field(default_factory=dict)
     ratios: dict[str, float] = field(default_factory=dict)
+    skip: tuple[str, ...] = ()
+
+    @classmethod
+    def from_earlier(cls, settings: list[dict], skip: tuple[str, ...] = ()) -> Carry:
+        """Start from the damping ratios an earlier results file chose on noise seed 0."""
+        carry = cls(skip=skip)
+        for setting in settings:
+            for row in setting["methods"] if setting["seed"] == HEAVY_SEED else ():
+                if row.get("damping_ratio") is not None and not row.get("error"):
+                    key = f"{setting['arch']}/{setting['noise']}/{row['method']}"
+                    carry.ratios[key] = row["damping_ratio"]
+        return carry
 
 
 def run_setting(
@@ -378,6 +391,8 @@ def _skip_reason(name: str, method: Method, arch: str, seed: int, size: Size, ca
         return f"ran past the {size.method_timeout_s} s limit on {first}; not run again"
     if method.heavy and seed != HEAVY_SEED:
         return f"heavy: runs on noise seed {HEAVY_SEED} only"
+    if name in carry.skip:
+        return "minutes per setting on 2 cores: not run on this setting (--skip-methods)"
     return ""
 
 
@@ -475,13 +490,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archs", nargs="+", help="override the size's architectures")
     parser.add_argument("--kinds", nargs="+", help="override the size's noise kinds")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the size's noise seeds")
+    parser.add_argument("--skip-methods", nargs="+", default=(), help="method labels not to run")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     torch.set_default_dtype(torch.float32)
     size = SMOKE if args.smoke else FULL
     overrides = {"archs": args.archs, "noise_kinds": args.kinds, "seeds": args.seeds}
     size = replace(size, **{k: tuple(v) for k, v in overrides.items() if v})
-    settings, carry = [], Carry()
+    earlier = json.loads(args.keep_from.read_text())["settings"] if args.keep_from else []
+    settings, carry = [], Carry.from_earlier(earlier, tuple(args.skip_methods))
     for arch in size.archs:
         for kind in size.noise_kinds:
             for seed in size.seeds:
@@ -495,9 +512,13 @@ def write_results(args: argparse.Namespace, size: Size, settings: list[dict]) ->
     """The raw JSON, the markdown report and the plot of the settings done so far."""
     from peers_report import write_plot, write_report
 
+    commands = [sys.argv]
     if args.keep_from is not None:
         settings = kept_settings(args.keep_from, settings) + settings
-    payload = {"size": asdict(size), "versions": versions(), "argv": sys.argv, "settings": settings}
+        earlier = json.loads(args.keep_from.read_text())
+        commands = earlier.get("commands", [earlier["argv"]]) + commands
+    payload = {"size": asdict(size), "versions": versions(), "commands": commands}
+    payload["settings"] = settings
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(payload, indent=1, default=float))
     write_report(payload, args.out)

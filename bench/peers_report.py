@@ -150,7 +150,8 @@ def target_table(settings: list[dict]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for setting in settings:
-        rows = {r["method"]: r for r in setting["methods"] if not r.get("error")}
+        ran = [r for r in setting["methods"] if not r.get("error") and not r.get("skipped")]
+        rows = {r["method"]: r for r in ran}
         ours = rows.get(DROPINF)
         if ours is None:
             continue
@@ -227,7 +228,8 @@ def write_report(payload: dict, path: Path) -> None:
     lines = [
         "# dropinf vs peers — measured results",
         "",
-        f"Command: `{' '.join(payload['argv'])}`  ",
+        "Commands (in order; each keeps the settings of the one before):  ",
+        *[f"`{' '.join(command)}`  " for command in payload["commands"]],
         f"Versions: {versions}  ",
         f"Size: `{payload['size']}`",
         "",
