@@ -187,14 +187,26 @@ METHOD_NOTES = """## How it is measured
   (the recipe below), the same train / test order, per-sample cross-entropy, float32,
   `torch.set_num_threads(2)`, CPU. Scores are (n_test, n_train) with `+ = proponent`.
 - **k**: dropinf dropout at keep ratio 0.25 fixes k; TRAK (traker and dattri) project to the
-  same k; dattri LoGra / FactGraSS get ⌊√(k)⌋² per layer (their factorised projection needs a
-  square). Kronfluence (EK-FAC) and captum TracInCP work on full gradients (no k).
+  same k; dattri LoGra / FactGraSS get side² per Linear layer with side = round(√(k / layers)),
+  about k in all (their factorised projection is square; dattri hooks Linear layers only, which
+  hold 132 k of the CNN's 151 k parameters). Kronfluence (EK-FAC), captum TracInCP and dattri
+  DataInf work on full gradients; the Arnoldi methods (dattri, captum) keep min(k, 100)
+  eigen-directions of the Hessian from a Krylov space twice that size (dattri drops the
+  negative ones it keeps by magnitude). dattri's explicit IF is refused: its unchunked Hessian
+  needed 10.6 GB for 400 examples of the MLP.
+- **Heavy methods**: dattri DataInf and captum Arnoldi (minutes per setting) run on noise seed 0
+  only; on the CNN, TRAK (traker and dattri), captum Arnoldi and DataInf run on the symmetric
+  seed-0 setting only (`--skip-methods` elsewhere), so their means cover fewer settings
+  (`ran` column).
 - **Damping**: one shared grid of ratios (0.01, 0.1, 1) × the mean diagonal of each method's
   own curvature (dropinf: its compressed Fisher; traker: ΦᵀΦ; Kronfluence: its EK-FAC
-  eigenvalues; dattri / captum: see each method's note). Every method with a damping runs once
+  eigenvalues; LoGra / FactGraSS: dattri's own per-layer ratio of the trace; the Arnoldi
+  methods: a Hutchinson estimate of the Hessian's mean diagonal; DataInf: its Fisher's; dattri
+  TRAK's λ is not reachable from outside and stays 0). Every method with a damping runs once
   per ratio on 250 held-out test examples (the even-indexed ones) and keeps the ratio with the
-  best LDS there; the timed run then scores all test examples, and LDS is reported on the
-  odd-indexed ones only. The `damping` column is the chosen ratio (— for methods without one).
+  best LDS there (on noise seed 0 of each architecture × noise kind; seeds 1 and 2 reuse it);
+  the timed run then scores all test examples, and LDS is reported on the odd-indexed ones only.
+  The `damping` column is the chosen ratio (— for methods without one).
 - **Phases**: `gradients` = per-sample gradients incl. compression / projection; `curvature`
   = fitting and factoring the curvature; `scoring` = all test examples against all training
   examples; `self_influence` = the detection score. A method that fuses phases reports them
