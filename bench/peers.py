@@ -311,11 +311,14 @@ class Carry:
 
     @classmethod
     def from_earlier(cls, settings: list[dict], skip: tuple[str, ...] = ()) -> Carry:
-        """Start from the damping ratios an earlier results file chose on noise seed 0."""
+        """Start from an earlier results file: its time-outs and the ratios chosen on seed 0."""
         carry = cls(skip=skip)
         for setting in settings:
-            for row in setting["methods"] if setting["seed"] == HEAVY_SEED else ():
-                if row.get("damping_ratio") is not None and not row.get("error"):
+            label = f"{setting['arch']} / {setting['noise']} / seed {setting['seed']}"
+            for row in setting["methods"]:
+                if "MethodTimeoutError: ran past" in (row.get("error") or ""):
+                    carry.timed_out[f"{setting['arch']}/{row['method']}"] = label
+                elif row.get("damping_ratio") is not None and setting["seed"] == HEAVY_SEED:
                     key = f"{setting['arch']}/{setting['noise']}/{row['method']}"
                     carry.ratios[key] = row["damping_ratio"]
         return carry
