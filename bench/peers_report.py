@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from collections import defaultdict
 from pathlib import Path
 
@@ -194,10 +195,13 @@ METHOD_NOTES = """## How it is measured
   eigen-directions of the Hessian from a Krylov space twice that size (dattri drops the
   negative ones it keeps by magnitude). dattri's explicit IF is refused: its unchunked Hessian
   needed 10.6 GB for 400 examples of the MLP.
-- **Heavy methods**: dattri DataInf and captum Arnoldi (minutes per setting) run on noise seed 0
-  only; on the CNN, TRAK (traker and dattri), captum Arnoldi and DataInf run on the symmetric
-  seed-0 setting only (`--skip-methods` elsewhere), so their means cover fewer settings
-  (`ran` column).
+- **Heavy methods**: dattri DataInf and captum Arnoldi run on noise seed 0 only (minutes per
+  setting). On the CNN five peers are skipped (`--skip-methods`), from what a first CNN pass
+  (symmetric, seed 0) showed before it was killed: TRAK (traker) chose its damping (163 s for
+  the three 250-example runs) and then ran past the 240 s limit scoring 1 000 test examples;
+  dattri TRAK ran past 240 s (as in every earlier run); dattri IF (Arnoldi) ran past 240 s
+  choosing its damping; dattri DataInf then drove the process to the 24 GiB memory limit (the
+  kernel killed it); captum Arnoldi was not reached (≈ 130 s per run in the adapter's tests).
 - **Damping**: one shared grid of ratios (0.01, 0.1, 1) × the mean diagonal of each method's
   own curvature (dropinf: its compressed Fisher; traker: ΦᵀΦ; Kronfluence: its EK-FAC
   eigenvalues; LoGra / FactGraSS: dattri's own per-layer ratio of the trace; the Arnoldi
@@ -241,7 +245,10 @@ def write_report(payload: dict, path: Path) -> None:
         "# dropinf vs peers — measured results",
         "",
         "Commands (in order; each keeps the settings of the one before):  ",
-        *[f"`{' '.join(command)}`  " for command in payload["commands"]],
+        *[
+            f"`bench/.peers-venv/bin/python {shlex.join(command)}`  "
+            for command in payload["commands"]
+        ],
         f"Versions: {versions}  ",
         f"Size: `{payload['size']}`",
         "",
