@@ -74,6 +74,9 @@ class Size:
         lds_subsets: Retrained subsets for LDS (every setting; 0: no LDS).
         epochs: Training epochs of the recipe.
         method_timeout_s: A method still running after this is stopped and reported as such.
+        damping_grid: The shared damping ratios every damped method chooses from.
+        extra_keep_ratios: More dropinf dropout rows, at these keep ratios (peers keep the k of
+            keep 0.25).
     """
 
     replicas: int
@@ -85,6 +88,8 @@ class Size:
     lds_subsets: int
     epochs: int
     method_timeout_s: int
+    damping_grid: tuple[float, ...] = DAMPING_GRID
+    extra_keep_ratios: tuple[float, ...] = ()
 
 
 FULL = Size(
@@ -197,7 +202,9 @@ class Method:
     heavy: bool = False
 
 
-def method_table(dropinf_only: bool, recipe, bundle: DatasetBundle) -> dict[str, Method]:
+def method_table(
+    dropinf_only: bool, recipe, bundle: DatasetBundle, extra_keep: tuple[float, ...] = ()
+) -> dict[str, Method]:
     """Method label -> method, in table order (dropinf dropout first: it fixes k)."""
     methods = {
         "dropinf dropout": Method(dropinf_adapter("dropout", KEEP_RATIO, "uniform"), True),
@@ -205,6 +212,9 @@ def method_table(dropinf_only: bool, recipe, bundle: DatasetBundle) -> dict[str,
             dropinf_adapter("dropout", KEEP_RATIO, "energy"), True
         ),
     }
+    for keep in extra_keep:
+        adapter = dropinf_adapter("dropout", keep, "uniform")
+        methods[f"dropinf dropout (keep {keep})"] = Method(adapter, damped=True)
     if dropinf_only:
         return methods
     methods |= {
@@ -261,7 +271,12 @@ def selection_rows(n_test: int) -> np.ndarray:
 
 
 def choose_damping(
-    name: str, method: Method, problem: Problem, subsets: evaluate.SubsetOutputs, timeout_s: int
+    name: str,
+    method: Method,
+    problem: Problem,
+    subsets: evaluate.SubsetOutputs,
+    timeout_s: int,
+    grid: tuple[float, ...] = DAMPING_GRID,
 ) -> tuple[float, MethodResult | None]:
     """The grid ratio with the best LDS on the held-out (even-indexed) test examples.
 
@@ -270,8 +285,8 @@ def choose_damping(
     """
     rows = selection_rows(len(problem.test))
     held_out = replace(problem, test=Subset(problem.test, rows.tolist()))
-    best, best_lds = DAMPING_GRID[0], -np.inf
-    for ratio in DAMPING_GRID:
+    best, best_lds = grid[0], -np.inf
+    for ratio in grid:
         result = run_method(name, method.adapter, replace(held_out, damping_ratio=ratio), timeout_s)
         if result.error is not None:
             return ratio, result
@@ -354,7 +369,8 @@ def run_setting(
     )
     results, ratios = [], {}
     with contextlib.chdir(workdir):  # peers that write into the working directory (dattri)
-        for name, method in method_table(dropinf_only, recipe, bundle).items():
+        table = method_table(dropinf_only, recipe, bundle, size.extra_keep_ratios)
+        for name, method in table.items():
             skipped = _skip_reason(name, method, arch, seed, size, carry)
             if skipped:
                 results.append(MethodResult(name=name, skipped=skipped))
@@ -405,7 +421,9 @@ def _run_chosen(
     """Choose the method's damping on held-out examples (unless known), then run it timed."""
     ratio = known
     if method.damped and ratio is None and subsets is not None:
-        ratio, failed = choose_damping(name, method, problem, subsets, size.method_timeout_s)
+        ratio, failed = choose_damping(
+            name, method, problem, subsets, size.method_timeout_s, size.damping_grid
+        )
         if failed is not None:
             return failed, ratio
     elif method.damped and ratio is None:
@@ -494,11 +512,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", nargs="+", help="override the size's noise kinds")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the size's noise seeds")
     parser.add_argument("--skip-methods", nargs="+", default=(), help="method labels not to run")
+    parser.add_argument("--damping-grid", nargs="+", type=float, help="override the damping grid")
+    parser.add_argument(
+        "--extra-keep", nargs="+", type=float, help="more dropinf rows at these keep ratios"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     torch.set_default_dtype(torch.float32)
     size = SMOKE if args.smoke else FULL
-    overrides = {"archs": args.archs, "noise_kinds": args.kinds, "seeds": args.seeds}
+    overrides = {
+        "archs": args.archs,
+        "noise_kinds": args.kinds,
+        "seeds": args.seeds,
+        "damping_grid": args.damping_grid,
+        "extra_keep_ratios": args.extra_keep,
+    }
     size = replace(size, **{k: tuple(v) for k, v in overrides.items() if v})
     earlier = json.loads(args.keep_from.read_text())["settings"] if args.keep_from else []
     settings, carry = [], Carry.from_earlier(earlier, tuple(args.skip_methods))
