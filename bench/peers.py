@@ -489,10 +489,9 @@ def versions() -> dict[str, str]:
     return found
 
 
-def kept_settings(path: Path, fresh: list[dict]) -> list[dict]:
+def kept_settings(earlier: list[dict], fresh: list[dict]) -> list[dict]:
     """Settings of an earlier results file that this run did not recompute."""
     done = {(s["arch"], s["noise"], s["seed"]) for s in fresh}
-    earlier = json.loads(path.read_text())["settings"]
     return [s for s in earlier if (s["arch"], s["noise"], s["seed"]) not in done]
 
 
@@ -528,26 +527,35 @@ def main(argv: list[str] | None = None) -> int:
         "extra_keep_ratios": args.extra_keep,
     }
     size = replace(size, **{k: tuple(v) for k, v in overrides.items() if v})
-    earlier = json.loads(args.keep_from.read_text())["settings"] if args.keep_from else []
-    settings, carry = [], Carry.from_earlier(earlier, tuple(args.skip_methods))
+    earlier = json.loads(args.keep_from.read_text()) if args.keep_from else None
+    kept = earlier["settings"] if earlier else []
+    settings, carry = [], Carry.from_earlier(kept, tuple(args.skip_methods))
     for arch in size.archs:
         for kind in size.noise_kinds:
             for seed in size.seeds:
                 print(f"{arch} / {kind} / seed {seed}", flush=True)
                 settings.append(run_setting(size, arch, kind, seed, args.dropinf_only, carry))
-                write_results(args, size, settings)  # after each setting: a stop loses little
+                write_results(args, size, settings, earlier)  # a stop loses little
     return 0
 
 
-def write_results(args: argparse.Namespace, size: Size, settings: list[dict]) -> None:
-    """The raw JSON, the markdown report and the plot of the settings done so far."""
+def write_results(
+    args: argparse.Namespace, size: Size, settings: list[dict], earlier: dict | None
+) -> None:
+    """The raw JSON, the markdown report and the plot of the settings done so far.
+
+    Args:
+        args: The command line (output paths).
+        size: The benchmark size.
+        settings: The settings this run computed.
+        earlier: The ``--keep-from`` results, read once; their other settings are kept.
+    """
     from peers_report import write_plot, write_report
 
     commands = [sys.argv]
-    if args.keep_from is not None:
-        settings = kept_settings(args.keep_from, settings) + settings
-        earlier = json.loads(args.keep_from.read_text())
-        commands = earlier.get("commands", [earlier["argv"]]) + commands
+    if earlier is not None:
+        settings = kept_settings(earlier["settings"], settings) + settings
+        commands = (earlier["commands"] if "commands" in earlier else [earlier["argv"]]) + commands
     payload = {"size": asdict(size), "versions": versions(), "commands": commands}
     payload["settings"] = settings
     args.json.parent.mkdir(parents=True, exist_ok=True)
