@@ -13,8 +13,10 @@ gradient arrives as a vector). Every strategy maps both kinds to a fixed number 
 * ``gaussian``: a dense Gaussian projection of the full per-sample gradient (TRAK-style).
 * ``sjlt``: a sparse Johnson-Lindenstrauss projection (s signed ones per input coordinate).
 
-All strategies of one layer produce the same k for the same keep ratio, so they store the same
-number of floats and can be compared at equal budget.
+All strategies of one layer produce the same k for the same keep ratio and budget
+(``CompressionConfig.max_kept_units`` caps the kept units per layer), so they store the same
+number of floats and can be compared at equal budget. ``compressed_size`` gives that k and the
+bytes per example from the layer shapes alone, before any model pass.
 """
 
 from __future__ import annotations
@@ -76,9 +78,84 @@ class LayerSpec:
         }
 
 
-def kept_units(units: int, keep_ratio: float) -> int:
-    """How many of ``units`` a keep ratio keeps: ``round(q·units)``, at least 1."""
-    return max(1, min(units, round(keep_ratio * units)))
+def kept_units(units: int, keep_ratio: float, cap: int | None = None) -> int:
+    """How many of ``units`` a keep ratio keeps: ``round(q·units)``, at most ``cap``, at least 1."""
+    kept = min(units, round(keep_ratio * units), units if cap is None else cap)
+    return max(1, kept)
+
+
+def unit_caps(spec: LayerSpec, max_kept_units: int | None) -> tuple[int | None, int | None]:
+    """The (input, output) unit caps of a layer under the budget ``max_kept_units`` (m).
+
+    Inputs are capped in columns: a Conv2d channel brings ``patch`` = kh·kw columns, so at most
+    ``m // patch`` channels (at least one) are kept, and a kept block has at most m columns for
+    any kernel. A flat layer keeps at most m² coordinates, the weight budget of a factored one.
+    """
+    if max_kept_units is None:
+        return None, None
+    if not spec.is_factored:
+        return max_kept_units**2, None
+    return max(1, max_kept_units // spec.patch), max_kept_units
+
+
+def kept_shape(spec: LayerSpec, keep_ratio: float, max_kept_units: int | None) -> tuple[int, int]:
+    """(kept output units, kept input units) of a layer: the ratio, then the budget's caps."""
+    cap_in, cap_out = unit_caps(spec, max_kept_units)
+    kept_in = kept_units(spec.in_units, keep_ratio, cap_in)
+    kept_out = kept_units(spec.out_units, keep_ratio, cap_out) if spec.is_factored else 0
+    return kept_out, kept_in
+
+
+def compressed_dim(spec: LayerSpec, keep_ratio: float, max_kept_units: int | None) -> int:
+    """The k a layer stores for a keep ratio and budget (every method but energy masks).
+
+    Energy masks may split the same weight budget into a taller block, so their k can differ
+    by the bias coordinates; the weight part never exceeds this one.
+    """
+    kept_out, kept_in = kept_shape(spec, keep_ratio, max_kept_units)
+    if not spec.is_factored:
+        return kept_in
+    return kept_out * kept_in * spec.patch + (kept_out if spec.has_bias else 0)
+
+
+@dataclass(frozen=True)
+class CompressedSize:
+    """What a configuration stores per example, known before any model pass.
+
+    Attributes:
+        layer_dims: Each layer's k, in capture order.
+        k: Their sum, the compressed dimension.
+        bytes_per_example: ``k`` times the stored value's size.
+    """
+
+    layer_dims: tuple[int, ...]
+    k: int
+    bytes_per_example: int
+
+
+def compressed_size(
+    specs: list[LayerSpec], config: CompressionConfig, value_bytes: int = 2
+) -> CompressedSize:
+    """Per-layer k, total k and bytes per example of a layout under a config, without a pass.
+
+    Exact for uniform masks, ``identity`` and the projections; for energy masks (chosen on data)
+    the weight coordinates are at most these. Feed it ``discover_layers(model).specs``.
+
+    Args:
+        specs: The captured layers' shapes.
+        config: Method, keep ratios and budget.
+        value_bytes: Bytes per stored value (2 for the default float16 store).
+
+    Returns:
+        The sizes.
+    """
+    dims = tuple(
+        spec.full_dim
+        if config.method == "identity"
+        else compressed_dim(spec, config.keep_ratio_for(spec.name), config.max_kept_units)
+        for spec in specs
+    )
+    return CompressedSize(dims, sum(dims), sum(dims) * value_bytes)
 
 
 @dataclass
@@ -105,13 +182,14 @@ class LayerCompressor:
     input_index: torch.Tensor | None = None
     output_index: torch.Tensor | None = None
 
-    def __init__(self, spec: LayerSpec, keep_ratio: float) -> None:
+    def __init__(
+        self, spec: LayerSpec, keep_ratio: float, max_kept_units: int | None = None
+    ) -> None:
         self.spec = spec
-        self.k_in = kept_units(spec.in_units, keep_ratio) * spec.patch
-        self.k_out = kept_units(spec.out_units, keep_ratio) if spec.is_factored else 0
-        self.k = self.k_out * self.k_in + (self.k_out if spec.has_bias else 0)
-        if not spec.is_factored:
-            self.k = kept_units(spec.in_units, keep_ratio)
+        kept_out, kept_in = kept_shape(spec, keep_ratio, max_kept_units)
+        self.k_in = kept_in * spec.patch
+        self.k_out = kept_out
+        self.k = compressed_dim(spec, keep_ratio, max_kept_units)
 
     def compress_factored(
         self, inputs: torch.Tensor, output_grads: torch.Tensor
@@ -204,8 +282,9 @@ class MaskCompressor(LayerCompressor):
         keep_ratio: float,
         input_index: torch.Tensor | None,
         output_index: torch.Tensor | None,
+        max_kept_units: int | None = None,
     ) -> None:
-        super().__init__(spec, keep_ratio)
+        super().__init__(spec, keep_ratio, max_kept_units)
         self.input_index = input_index
         self.output_index = output_index
         if input_index is not None:  # the masks, not the ratio, decide the kept block's shape
@@ -291,8 +370,14 @@ class MaskCompressor(LayerCompressor):
 class FactorizedGaussianCompressor(LayerCompressor):
     """LoGra-style: project a and δ with Gaussian matrices, then take their outer product."""
 
-    def __init__(self, spec: LayerSpec, keep_ratio: float, generator: torch.Generator) -> None:
-        super().__init__(spec, keep_ratio)
+    def __init__(
+        self,
+        spec: LayerSpec,
+        keep_ratio: float,
+        generator: torch.Generator,
+        max_kept_units: int | None = None,
+    ) -> None:
+        super().__init__(spec, keep_ratio, max_kept_units)
         if spec.is_factored:
             d_in = spec.in_units * spec.patch
             self.input_projection = gaussian_matrix(d_in, self.k_in, generator)
@@ -327,8 +412,14 @@ class FlatProjectionCompressor(LayerCompressor):
 class GaussianCompressor(FlatProjectionCompressor):
     """Dense Gaussian projection of the full gradient (TRAK's projector)."""
 
-    def __init__(self, spec: LayerSpec, keep_ratio: float, generator: torch.Generator) -> None:
-        super().__init__(spec, keep_ratio)
+    def __init__(
+        self,
+        spec: LayerSpec,
+        keep_ratio: float,
+        generator: torch.Generator,
+        max_kept_units: int | None = None,
+    ) -> None:
+        super().__init__(spec, keep_ratio, max_kept_units)
         self.projection = gaussian_matrix(spec.full_dim, self.k, generator)
 
     def compress_flat(self, grads: torch.Tensor) -> torch.Tensor:
@@ -339,8 +430,14 @@ class GaussianCompressor(FlatProjectionCompressor):
 class SparseProjectionCompressor(FlatProjectionCompressor):
     """Sparse JL projection: each coordinate adds ``±1/√s`` to ``s`` random output buckets."""
 
-    def __init__(self, spec: LayerSpec, keep_ratio: float, generator: torch.Generator) -> None:
-        super().__init__(spec, keep_ratio)
+    def __init__(
+        self,
+        spec: LayerSpec,
+        keep_ratio: float,
+        generator: torch.Generator,
+        max_kept_units: int | None = None,
+    ) -> None:
+        super().__init__(spec, keep_ratio, max_kept_units)
         shape = (SJLT_NONZEROS, spec.full_dim)
         self.buckets = torch.randint(0, self.k, shape, generator=generator)
         signs = torch.randint(0, 2, shape, generator=generator) * 2 - 1
@@ -400,32 +497,50 @@ def mask_indices(
     keep_ratio: float,
     generator: torch.Generator,
     energy: UnitEnergy | None,
+    max_kept_units: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Input and output unit subsets of a ``dropout`` layer (uniform, or by energy if given)."""
-    kept_in = kept_units(spec.in_units, keep_ratio)
-    kept_out = kept_units(spec.out_units, keep_ratio) if spec.is_factored else 0
+    """Input and output unit subsets of a ``dropout`` layer (uniform, or by energy if given).
+
+    Both respect the budget's unit caps (``unit_caps``); energy masks split the same weight
+    budget ``kept_out · kept_in`` as uniform ones, within those caps.
+    """
+    kept_out, kept_in = kept_shape(spec, keep_ratio, max_kept_units)
     if energy is None:
         input_index = random_subset(spec.in_units, kept_in, generator)
         output_index = random_subset(spec.out_units, kept_out, generator) if kept_out else None
         return input_index, output_index
     if not spec.is_factored:
         return top_energy_subset(energy.inputs, kept_in), None
-    kept_out, kept_in = energy_split(energy, kept_out * kept_in)
+    cap_in, cap_out = unit_caps(spec, max_kept_units)
+    kept_out, kept_in = energy_split(energy, kept_out * kept_in, cap_out, cap_in)
     return top_energy_subset(energy.inputs, kept_in), top_energy_subset(energy.outputs, kept_out)
 
 
-def energy_split(energy: UnitEnergy, budget: int) -> tuple[int, int]:
+def energy_split(
+    energy: UnitEnergy, budget: int, max_out: int | None = None, max_in: int | None = None
+) -> tuple[int, int]:
     """The (kept outputs, kept inputs) with product at most ``budget`` keeping most energy.
 
     A coordinate (o, i) of the weight gradient carries about ``E_out[o] · E_in[i]`` of energy,
     so a kept block's share is the product of the kept shares of output and input energy. The
     square split of uniform dropout is one candidate; when a few output units hold most of the
     energy (a classifier's last layer), taller blocks keep more of it in the same k.
+
+    Args:
+        energy: The layer's unit energies.
+        budget: Largest product of kept outputs and kept inputs.
+        max_out: Most output units kept (None: all may be).
+        max_in: Most input units kept (None: all may be).
+
+    Returns:
+        (kept outputs, kept inputs).
     """
     out_share = sorted_energy_share(energy.outputs)  # (d_out,) share kept by the top 1, 2, ...
     in_share = sorted_energy_share(energy.inputs)
+    out_share = out_share[: max_out or len(out_share)]
+    most_in = min(len(in_share), max_in or len(in_share))
     kept_out = torch.arange(1, len(out_share) + 1)
-    kept_in = torch.clamp(budget // kept_out, max=len(in_share))
+    kept_in = torch.clamp(budget // kept_out, max=most_in)
     feasible = kept_in >= 1
     captured = torch.where(feasible, out_share * in_share[(kept_in - 1).clamp(min=0)], -1.0)
     best = int(torch.argmax(captured))
@@ -456,22 +571,26 @@ def build_compressor(
     Returns:
         The layer's compressor (on the CPU).
     """
-    keep_ratio = config.keep_ratio_for(spec.name)
+    keep_ratio, cap = config.keep_ratio_for(spec.name), config.max_kept_units
     generator = layer_generator(config.seed, layer_position)
     if config.method == "identity":
         return MaskCompressor(spec, 1.0, None, None)
     if config.method == "dropout":
-        indices = mask_indices(spec, keep_ratio, generator, energy)
-        return MaskCompressor(spec, keep_ratio, *indices)
+        indices = mask_indices(spec, keep_ratio, generator, energy, cap)
+        return MaskCompressor(spec, keep_ratio, *indices, cap)
     if config.method == "factorized_gaussian":
-        return FactorizedGaussianCompressor(spec, keep_ratio, generator)
+        return FactorizedGaussianCompressor(spec, keep_ratio, generator, cap)
     if config.method == "gaussian":
-        return GaussianCompressor(spec, keep_ratio, generator)
-    return SparseProjectionCompressor(spec, keep_ratio, generator)
+        return GaussianCompressor(spec, keep_ratio, generator, cap)
+    return SparseProjectionCompressor(spec, keep_ratio, generator, cap)
 
 
 def restore_mask_compressor(
-    spec: LayerSpec, keep_ratio: float, state: dict[str, torch.Tensor]
+    spec: LayerSpec,
+    keep_ratio: float,
+    state: dict[str, torch.Tensor],
+    max_kept_units: int | None = None,
 ) -> MaskCompressor:
-    """Rebuild a ``dropout`` compressor from its saved masks."""
-    return MaskCompressor(spec, keep_ratio, state.get("input_index"), state.get("output_index"))
+    """Rebuild a ``dropout`` compressor from its saved masks (they decide its k)."""
+    input_index, output_index = state.get("input_index"), state.get("output_index")
+    return MaskCompressor(spec, keep_ratio, input_index, output_index, max_kept_units)

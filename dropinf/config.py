@@ -7,19 +7,44 @@ Each config serialises with ``to_dict`` (saved in the run manifest) and is rebui
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from dropinf.errors import ConfigError
 
 COMPRESSION_METHODS = ("dropout", "identity", "gaussian", "factorized_gaussian", "sjlt")
 MASK_STRATEGIES = ("uniform", "energy")
-CURVATURE_KINDS = ("auto", "full", "block", "identity")
+CURVATURE_KINDS = ("auto", "full", "block", "kfac", "ekfac", "identity")
+DEFAULT_MAX_KEPT_UNITS = 64
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_ratio(name: str, value: float) -> None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and 0.0 < value <= 1.0):
+    if not (_is_real(value) and 0.0 < value <= 1.0):
         raise ConfigError(f"{name} must be a number in (0, 1], got {value!r}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (_is_real(value) and value > 0):
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+
+
+def _config_from_dict(cls: type, values: Any) -> Any:
+    """Build a config dataclass from a dict, refusing anything else and unknown keys."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"expected a dict of {cls.__name__} fields, got {values!r}")
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ConfigError(f"{cls.__name__} has no field {', '.join(map(str, unknown))}")
+    return cls(**values)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -42,6 +67,11 @@ class CompressionConfig:
             pass over the first training batches).
         layer_keep_ratios: Per-layer overrides of ``keep_ratio``, by module name.
         calibration_batches: Training batches read to measure unit energy for ``mask="energy"``.
+        max_kept_units: The dimension budget: at most this many kept output units and kept input
+            *columns* per layer, whatever ``keep_ratio`` says (a Conv2d input channel brings its
+            kh·kw columns, so it keeps ``max_kept_units // (kh·kw)`` channels, at least one), and
+            at most ``max_kept_units²`` coordinates of a flat layer. Each layer's k is then at
+            most ``m² + m`` for any width or kernel. None: no cap (k = q²·|W|).
     """
 
     method: str = "dropout"
@@ -50,19 +80,23 @@ class CompressionConfig:
     mask: str = "energy"
     layer_keep_ratios: dict[str, float] = field(default_factory=dict)
     calibration_batches: int = 4
+    max_kept_units: int | None = DEFAULT_MAX_KEPT_UNITS
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, COMPRESSION_METHODS)
         _check_choice("mask", self.mask, MASK_STRATEGIES)
         _check_ratio("keep_ratio", self.keep_ratio)
+        if not isinstance(self.layer_keep_ratios, dict):
+            raise ConfigError(
+                f"layer_keep_ratios must be a dict of layer name to ratio, "
+                f"got {self.layer_keep_ratios!r}"
+            )
         for name, ratio in self.layer_keep_ratios.items():
             _check_ratio(f"layer_keep_ratios[{name!r}]", ratio)
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if self.calibration_batches < 1:
-            raise ConfigError(
-                f"calibration_batches must be at least 1, got {self.calibration_batches!r}"
-            )
+        _check_int("seed", self.seed, 0)
+        _check_int("calibration_batches", self.calibration_batches, 1)
+        if self.max_kept_units is not None:
+            _check_int("max_kept_units", self.max_kept_units, 1)
 
     def keep_ratio_for(self, layer_name: str) -> float:
         """The keep ratio of one layer: its override if set, else ``keep_ratio``."""
@@ -74,8 +108,16 @@ class CompressionConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CompressionConfig:
-        """Rebuild a config saved with ``to_dict``."""
-        return cls(**values)
+        """Rebuild a config saved with ``to_dict``.
+
+        A config saved before ``max_kept_units`` existed had no cap, so a missing one is None.
+
+        Raises:
+            ConfigError: ``values`` is not a dict of this config's fields.
+        """
+        if isinstance(values, dict):
+            values = {"max_kept_units": None, **values}
+        return _config_from_dict(cls, values)
 
 
 @dataclass(frozen=True)
@@ -83,10 +125,14 @@ class CurvatureConfig:
     """The curvature (damped empirical Fisher) in the compressed space.
 
     Attributes:
-        kind: ``full`` (one k×k Cholesky), ``block`` (one block per layer), ``identity``
-            (no curvature: gradient similarity, TracIn-like) or ``auto`` (``full`` when k is at
-            most ``max_full_dim``, else ``block``).
-        damping: λ added to the diagonal. None means ``damping_ratio · mean(diag F)``.
+        kind: ``full`` (one k×k Cholesky), ``block`` (one block per layer), ``kfac`` (per
+            layer, the Kronecker product of the kept input and output-gradient covariances),
+            ``ekfac`` (K-FAC's eigenbasis with eigenvalues refitted on the stored gradients),
+            ``identity`` (no curvature: gradient similarity, TracIn-like) or ``auto`` (``full``
+            when k is at most ``max_full_dim``, else ``block``). ``kfac`` and ``ekfac`` give the
+            coordinates of flat layers a diagonal.
+        damping: λ added to the diagonal. None means ``damping_ratio · mean(diag F)`` (for
+            ``kfac`` / ``ekfac``: per layer, ``damping_ratio`` · the layer's mean eigenvalue).
         damping_ratio: The factor of the default damping.
         max_full_dim: Largest k for which ``auto`` chooses ``full``.
     """
@@ -98,12 +144,10 @@ class CurvatureConfig:
 
     def __post_init__(self) -> None:
         _check_choice("curvature kind", self.kind, CURVATURE_KINDS)
-        if self.damping is not None and not (math.isfinite(self.damping) and self.damping > 0):
-            raise ConfigError(f"damping must be a positive number or None, got {self.damping!r}")
-        if not (math.isfinite(self.damping_ratio) and self.damping_ratio > 0):
-            raise ConfigError(f"damping_ratio must be positive, got {self.damping_ratio!r}")
-        if self.max_full_dim < 1:
-            raise ConfigError(f"max_full_dim must be at least 1, got {self.max_full_dim!r}")
+        if self.damping is not None:
+            _check_positive("damping", self.damping)
+        _check_positive("damping_ratio", self.damping_ratio)
+        _check_int("max_full_dim", self.max_full_dim, 1)
 
     def resolve_kind(self, total_dim: int) -> str:
         """The concrete kind (``full``, ``block`` or ``identity``) for a compressed dimension."""
@@ -117,5 +161,9 @@ class CurvatureConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CurvatureConfig:
-        """Rebuild a config saved with ``to_dict``."""
-        return cls(**values)
+        """Rebuild a config saved with ``to_dict``.
+
+        Raises:
+            ConfigError: ``values`` is not a dict of this config's fields.
+        """
+        return _config_from_dict(cls, values)

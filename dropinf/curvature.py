@@ -2,7 +2,8 @@
 
 ``F = (1/N) Σ g gᵀ`` over the compressed training gradients; influence uses ``(F + λI)⁻¹``.
 ``full`` keeps one k×k block, ``block`` one block per layer (F restricted to each layer's
-coordinates), ``identity`` no curvature at all (plain gradient similarity).
+coordinates), ``kfac`` / ``ekfac`` one Kronecker-factored block per layer (``dropinf.kfac``),
+``identity`` no curvature at all (plain gradient similarity).
 
 Each block is factored the cheaper exact way:
 
@@ -22,10 +23,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dropinf.capture import KroneckerStats
 from dropinf.config import CurvatureConfig
-from dropinf.errors import NonFiniteError
+from dropinf.errors import ConfigError, NonFiniteError
+from dropinf.kfac import (
+    DiagonalBlock,
+    KroneckerBlock,
+    fit_kronecker,
+    kronecker_flops,
+    shard_chunks,
+)
 
-CHUNK_ROWS = 4096
+KRONECKER_KINDS = ("kfac", "ekfac")
 EIGENVALUE_FLOOR = 1e-12  # eigenvalues below this share of the largest count as zero
 
 
@@ -85,7 +94,8 @@ class LowRankBlock:
         return {"basis": self.basis, "eigenvalues": self.eigenvalues}
 
 
-Block = CholeskyBlock | LowRankBlock
+Block = CholeskyBlock | LowRankBlock | KroneckerBlock | DiagonalBlock
+BLOCK_CODES = {CholeskyBlock: 0, LowRankBlock: 1, KroneckerBlock: 2, DiagonalBlock: 3}
 
 
 @dataclass
@@ -93,9 +103,10 @@ class Curvature:
     """The factored blocks of ``F + λI``.
 
     Attributes:
-        kind: ``full``, ``block`` or ``identity``.
+        kind: ``full``, ``block``, ``kfac``, ``ekfac`` or ``identity``.
         blocks: One factored block per coordinate range (none for identity).
-        damping: The λ used (None for identity).
+        damping: The λ used (None for identity); for ``kfac`` / ``ekfac``, whose λ is per
+            layer (held by the blocks), their mean, for display.
     """
 
     kind: str
@@ -164,8 +175,11 @@ class Curvature:
             for i, block in enumerate(self.blocks)
             for name, value in block.tensors().items()
         }
-        table = [[b.start, b.stop, isinstance(b, LowRankBlock)] for b in self.blocks]
-        tensors["blocks"] = torch.tensor(table, dtype=torch.int64).reshape(-1, 3)
+        table = [
+            [b.start, b.stop, BLOCK_CODES[type(b)], int(getattr(b, "bias", False))]
+            for b in self.blocks
+        ]
+        tensors["blocks"] = torch.tensor(table, dtype=torch.int64).reshape(-1, 4)
         return tensors
 
     @classmethod
@@ -175,18 +189,44 @@ class Curvature:
         """Rebuild a curvature saved with ``state``.
 
         Cholesky factors come back in float64 (triangular solves amplify rounding by the
-        condition number); low-rank blocks keep the saved dtype (their products are orthogonal
-        projections, and float32 halves the cost of scoring).
+        condition number); the other blocks keep the saved dtype (their products are
+        orthogonal rotations and diagonal scalings, and float32 halves the cost of scoring).
+        Tables saved before the Kronecker kinds (three columns) still load.
         """
-        blocks: list[Block] = []
-        for i, (start, stop, low_rank) in enumerate(tensors["blocks"].tolist()):
-            if low_rank:
-                basis = tensors[f"{i}.basis"]
-                eigenvalues = tensors[f"{i}.eigenvalues"].to(basis.dtype)
-                blocks.append(LowRankBlock(start, stop, basis, eigenvalues, damping))
-            else:
-                blocks.append(CholeskyBlock(start, stop, tensors[f"{i}.factor"].double()))
+        blocks = [
+            restore_block(row, block_tensors(tensors, i), damping)
+            for i, row in enumerate(tensors["blocks"].tolist())
+        ]
         return cls(kind, blocks, damping)
+
+
+def block_tensors(tensors: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    """The saved tensors of block ``index``, by their names within the block."""
+    prefix = f"{index}."
+    return {name[len(prefix) :]: v for name, v in tensors.items() if name.startswith(prefix)}
+
+
+def restore_block(row: list[int], tensors: dict[str, torch.Tensor], damping: float | None) -> Block:
+    """One block from its table row ``[start, stop, type code, bias]`` and saved tensors."""
+    start, stop, code = row[:3]
+    if code == BLOCK_CODES[CholeskyBlock]:
+        return CholeskyBlock(start, stop, tensors["factor"].double())
+    if code == BLOCK_CODES[LowRankBlock]:
+        basis = tensors["basis"]
+        return LowRankBlock(start, stop, basis, tensors["eigenvalues"].to(basis.dtype), damping)
+    own_damping = float(tensors["damping"][0])
+    if code == BLOCK_CODES[DiagonalBlock]:
+        return DiagonalBlock(start, stop, tensors["diagonal"], own_damping)
+    basis = tensors["input_basis"]
+    return KroneckerBlock(
+        start,
+        stop,
+        bool(row[3]),
+        tensors["output_basis"].to(basis.dtype),
+        basis,
+        tensors["eigenvalues"].to(basis.dtype),
+        own_damping,
+    )
 
 
 def curvature_ranges(kind: str, layer_dims: list[int]) -> list[tuple[int, int]]:
@@ -244,12 +284,9 @@ def gather_statistics(
             else torch.zeros(stop - start, stop - start, dtype=dtype, device=device)
         )
         statistics.append(BlockStatistics(start, stop, low_rank, sums, [] if low_rank else None))
-    for shard in shards:
-        for offset in range(0, shard.shape[0], CHUNK_ROWS):
-            chunk = torch.from_numpy(np.array(shard[offset : offset + CHUNK_ROWS]))
-            chunk = chunk.to(device=device, dtype=dtype)  # (r, k)
-            for block in statistics:
-                block.add(chunk)
+    for chunk in shard_chunks(shards, device, dtype):  # (r, k)
+        for block in statistics:
+            block.add(chunk)
     return statistics
 
 
@@ -309,12 +346,16 @@ def curvature_flops(kind: str, layer_dims: Sequence[int], n_train: int, n_exampl
     ``2·d²`` per example solved; a low-rank block (N < d) ``N²·d`` for the Gram matrix, ``N³``
     for its eigendecomposition and ``4·N·d`` per example.
 
+    ``kfac`` / ``ekfac`` are estimated by ``kfac.kronecker_flops``.
+
     Args:
-        kind: ``full``, ``block`` or ``identity`` (resolved, not ``auto``).
+        kind: ``full``, ``block``, ``kfac``, ``ekfac`` or ``identity`` (resolved, not ``auto``).
         layer_dims: Each layer's compressed dimension.
         n_train: Training examples (decides each block's factorisation).
         n_examples: Examples pushed through the solves (self-influence and test scores).
     """
+    if kind in KRONECKER_KINDS:
+        return kronecker_flops(kind, list(layer_dims), n_train, n_examples)
     ranges = curvature_ranges(kind, list(layer_dims))
     total = 0.0
     for start, stop in ranges:
@@ -333,6 +374,7 @@ def fit_curvature(
     config: CurvatureConfig,
     device: torch.device,
     dtype: torch.dtype = torch.float64,
+    kronecker: KroneckerStats | None = None,
 ) -> Curvature:
     """Fit the damped Fisher of stored gradients.
 
@@ -343,13 +385,26 @@ def fit_curvature(
         config: Kind and damping.
         device: Where to accumulate and factor.
         dtype: Accumulation precision of the statistics (factorisations run in float64).
+        kronecker: The K-FAC factor sums of the same examples; required by ``kfac`` / ``ekfac``.
 
     Returns:
         The fitted curvature.
+
+    Raises:
+        ConfigError: ``kfac`` / ``ekfac`` without ``kronecker`` statistics.
     """
     kind = config.resolve_kind(sum(layer_dims))
     if kind == "identity":
         return Curvature(kind, [], None)
+    if kind in KRONECKER_KINDS:
+        if kronecker is None:
+            raise ConfigError(
+                f"expected K-FAC statistics from the gradient pass for curvature {kind!r}; "
+                f"found none"
+            )
+        blocks = fit_kronecker(shards, layer_dims, n_rows, config, kind, kronecker, device, dtype)
+        damping = config.damping or float(np.mean([block.damping for block in blocks]))
+        return Curvature(kind, blocks, damping)
     ranges = curvature_ranges(kind, layer_dims)
     statistics = gather_statistics(shards, ranges, n_rows, device, dtype)
     damping = config.damping
