@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dropinf.config import COMPRESSION_METHODS, CURVATURE_KINDS, MASK_STRATEGIES
-from dropinf.errors import DropinfError
+from dropinf.errors import ConfigError, DropinfError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except DropinfError as error:
+    except (DropinfError, OSError) as error:  # OSError: a path the user gave is unusable
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -53,6 +53,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a positive integer.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not one (argparse prints it and exits 2).
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """An argparse type: a device of this machine (``cpu``, ``cuda``, ``cuda:N``).
+
+    Raises:
+        argparse.ArgumentTypeError: It is not one (argparse prints it and exits 2).
+    """
+    from dropinf.engine import resolve_device
+
+    try:
+        resolve_device(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--device`` argument of every sub-command that computes."""
+    parser.add_argument(
+        "--device", type=device_name, default=None, help="cpu or cuda (default: cuda if present)"
+    )
+
+
 # ---------------------------------------------------------------------------- train
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``train``."""
@@ -71,14 +108,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="dataset spec: digits, digits:noise=0.1,seed=0, x.npz, dir")
     parser.add_argument("--out", type=Path, help="checkpoint path (.safetensors or .pt)")
     add_recipe_arguments(parser)
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    add_device_argument(parser)
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """Training-recipe arguments shared by ``train`` and ``retrain``."""
     parser.add_argument("--epochs", type=int, default=None, help="passes over the training set")
     parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate")
-    parser.add_argument("--batch-size", type=int, default=None, help="examples per step")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="examples per step")
     parser.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
     parser.add_argument("--seed", type=int, default=None, help="initialisation and order seed")
 
@@ -139,8 +176,8 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="λ added to the Fisher diagonal (default 0.1 · mean diag F)",
     )
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--batch-size", type=positive_int, default=256)
+    add_device_argument(parser)
     parser.add_argument(
         "--no-test-scores", action="store_true", help="skip scoring the dataset's test split"
     )
@@ -186,7 +223,7 @@ def run_compute(args: argparse.Namespace) -> None:
         show_progress=True,
     )
     test = None if args.no_test_scores else bundle.test
-    engine.fit(bundle.train, batch_size=args.batch_size, test_dataset=test)
+    engine.fit(bundle.train, args.batch_size, test, data_fingerprint=bundle.fingerprint)
     manifest = engine.store.read_manifest()
     summary = {
         key: manifest[key] for key in ("status", "k", "n_train", "curvature_kind", "damping")
@@ -226,10 +263,10 @@ def add_retrain_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="decisions.json written by the label-issues page",
     )
-    parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="training seeds 0..N-1")
     parser.add_argument("--out", required=True, type=Path, help="report JSON to write")
     add_recipe_arguments(parser)
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    add_device_argument(parser)
 
 
 def run_retrain(args: argparse.Namespace) -> None:
@@ -243,7 +280,7 @@ def run_retrain(args: argparse.Namespace) -> None:
     checkpoint = load_checkpoint(args.model)
     saved = checkpoint.extra.get("recipe", {"arch": checkpoint.arch})
     recipe = recipe_from_args(args, {**saved, "arch_args": checkpoint.arch_args})
-    removals, relabels = fixes_from_decisions(load_decisions(args.decisions))
+    removals, relabels = fixes_from_decisions(load_decisions(args.decisions, missing_ok=False))
     report = retrain_with_fixes(
         recipe,
         load_data(args.data),

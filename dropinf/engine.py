@@ -2,7 +2,8 @@
 
 ``fit`` streams the training set once through the capture (compressed per-sample gradients into
 memmapped shards of the run directory), then fits the damped Fisher from the shards and stores the
-self-influence of every training example. A killed ``fit`` resumes from its last complete shard.
+self-influence of every training example. A killed ``fit`` resumes from its last complete shard;
+one process writes a run at a time (the run directory's writer lock, see docs/reliability.md).
 Scores are ``I(z', z) = g(z')ᵀ (F + λI)⁻¹ g(z)``: positive = proponent.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import numbers
 import sys
 import tempfile
 import time
@@ -39,35 +41,130 @@ from dropinf.compress import (
 )
 from dropinf.config import CompressionConfig, CurvatureConfig
 from dropinf.curvature import Curvature, fit_curvature
-from dropinf.errors import IncompleteRunError, RunConfigMismatchError
-from dropinf.store import GradientWriter, RunStore, now_iso
+from dropinf.errors import (
+    ConfigError,
+    DatasetError,
+    IncompleteRunError,
+    RunConfigMismatchError,
+    RunDirectoryError,
+)
+from dropinf.store import FORMAT_VERSION, GradientWriter, RunStore, is_dropinf_manifest, now_iso
 
 SHARD_BYTES = 64 * 2**20
 PROGRESS_INTERVAL = 0.5
+FINGERPRINT_BATCH = 1024
+# Everything the stored scores depend on: a run is reused only when all of these are equal.
 SIGNATURE_FIELDS = (
+    "format",
     "compression",
     "curvature",
     "dtype",
     "store_dtype",
+    "loss",
     "model_fingerprint",
+    "data_fingerprint",
     "n_train",
 )
+DEVICE_TYPES = ("cpu", "cuda")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The requested device, or CUDA when present, else the CPU."""
+    """The requested device, or CUDA when present, else the CPU.
+
+    Raises:
+        ConfigError: The name is not a device, or names CUDA where there is none.
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device: expected cpu, cuda or cuda:N, found {device!r}") from None
+    if resolved.type not in DEVICE_TYPES:
+        raise ConfigError(f"device: expected cpu, cuda or cuda:N, found {device!r}")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device: expected cpu or an available GPU, found {device!r} but CUDA is not "
+            f"available for it on this machine ({torch.cuda.device_count()} GPUs)"
+        )
+    return resolved
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor of any dtype and shape (0-dim included)."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1)  # (numel,): view() needs ≥ 1 dim
+    return flat.view(torch.uint8).numpy().tobytes()
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over the model's parameter and buffer values (names and bytes)."""
+    """sha256 over the model's parameters and buffers: names, dtypes, shapes and values."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor_bytes(tensor))
     return digest.hexdigest()
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """sha256 over every example of a dataset (inputs and labels), streamed in order.
+
+    One digest per item of an example (inputs, label...), so the batch size does not matter.
+    """
+    digests: list[Any] = []
+    for batch in DataLoader(dataset, batch_size=FINGERPRINT_BATCH, shuffle=False):
+        items = batch if isinstance(batch, list | tuple) else [batch]
+        digests = digests or [hashlib.sha256() for _ in items]
+        for digest, item in zip(digests, items, strict=True):
+            values = torch.as_tensor(item)
+            digest.update(f"{values.dtype}:{tuple(values.shape[1:])}".encode())
+            digest.update(tensor_bytes(values))
+    combined = hashlib.sha256(f"{len(dataset)}".encode())
+    for digest in digests:
+        combined.update(digest.digest())
+    return combined.hexdigest()
+
+
+def loss_name(loss_fn: LossFn) -> str:
+    """``module.qualified_name`` of a loss function (part of a run's signature)."""
+    name = getattr(loss_fn, "__qualname__", type(loss_fn).__qualname__)
+    return f"{getattr(loss_fn, '__module__', '')}.{name}"
+
+
+def check_fit_arguments(train: Dataset, batch_size: object, test: Dataset | None) -> None:
+    """Refuse a batch size that is not a positive integer, and empty datasets.
+
+    Raises:
+        ConfigError: ``batch_size`` is not a positive integer.
+        DatasetError: The training set (or a given test set) holds no example.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise ConfigError(f"batch_size: expected a positive integer, found {batch_size!r}")
+    if batch_size <= 0:
+        raise ConfigError(f"batch_size: expected a positive integer, found {batch_size!r}")
+    for role, dataset in (("training", train), ("test", test)):
+        if dataset is not None and len(dataset) == 0:
+            raise DatasetError(f"{role} set: expected at least one example, found 0")
+
+
+def signature_differences(saved: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
+    """The signature fields on which a saved run differs from the one asked for."""
+    return [field for field in SIGNATURE_FIELDS if saved.get(field) != fresh[field]]
+
+
+def mismatch_message(run_dir: Path, saved: dict[str, Any], fresh: dict[str, Any]) -> str:
+    """Why a saved run cannot be reused, naming each differing field."""
+    if saved.get("format") != fresh["format"]:
+        return (
+            f"run directory {run_dir} holds a run of the older run format "
+            f"{saved.get('format')} (expected {fresh['format']}); recompute it with "
+            "--overwrite (overwrite=True) or use another directory"
+        )
+    differing = signature_differences(saved, fresh)
+    return (
+        f"run directory {run_dir} holds a run with a different {', '.join(differing)}; "
+        f"expected {[fresh[f] for f in differing]}, found {[saved.get(f) for f in differing]}. "
+        "Use another directory or --overwrite (overwrite=True)."
+    )
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -155,7 +252,8 @@ class InfluenceEngine:
         dtype: Precision of captured gradients, curvature solves and scores.
         store_dtype: Precision of the stored gradients: float16 by default, ``dtype`` when
             ``dtype`` is float64.
-        overwrite: Replace a run directory whose saved configuration differs.
+        overwrite: Replace a dropinf run whose signature (``SIGNATURE_FIELDS``) differs;
+            only dropinf's own files are deleted, never a folder of other files.
         provenance: Free-form facts saved in the manifest (checkpoint hash, data spec...).
         show_progress: Show a tqdm bar with examples/s while fitting.
         shard_rows: Rows per gradient shard; None sizes shards to about 64 MiB.
@@ -205,33 +303,58 @@ class InfluenceEngine:
 
     # ------------------------------------------------------------------ fit
     def fit(
-        self, train_dataset: Dataset, batch_size: int = 256, test_dataset: Dataset | None = None
+        self,
+        train_dataset: Dataset,
+        batch_size: int = 256,
+        test_dataset: Dataset | None = None,
+        data_fingerprint: str | None = None,
     ) -> InfluenceEngine:
         """Compress every training gradient, fit the curvature and the self-influence.
 
-        Resumes an interrupted run in the same directory; a complete run is only loaded.
+        Resumes an interrupted run in the same directory; a complete run is only loaded. The
+        run directory's writer lock is held throughout: one writer per run.
 
         Args:
             train_dataset: Yields ``(inputs, label)`` pairs, in a fixed order.
             batch_size: Examples per capture batch.
             test_dataset: If given, its scores against every training example are stored in
                 the run (``RunStore.test_scores``) before the run is marked complete.
+            data_fingerprint: Identifies the training data (e.g. ``DatasetBundle.fingerprint``);
+                None hashes the inputs and labels of ``train_dataset``.
 
         Returns:
             self.
 
         Raises:
-            RunConfigMismatchError: The run directory holds a run with another configuration
-                and ``overwrite`` is False.
+            ConfigError: ``batch_size`` is not a positive integer.
+            DatasetError: A dataset is empty.
+            RunDirectoryError: The run directory is a file, cannot be created, or holds files
+                dropinf did not write and no run.
+            RunLockedError: Another process is writing the run directory.
+            RunConfigMismatchError: The run directory holds a run with another signature
+                (configs, model, data, format) and ``overwrite`` is False.
             NonFiniteError: A loss or gradient is NaN/inf, or overflows the store dtype.
         """
-        manifest = self._open_run(len(train_dataset))
-        needs_test_scores = test_dataset is not None and not self.store.test_scores_exist()
-        if manifest["status"] == "complete" and not needs_test_scores:
-            return self._load_state()
+        check_fit_arguments(train_dataset, batch_size, test_dataset)
+        fingerprint = data_fingerprint or dataset_fingerprint(train_dataset)
+        test_fingerprint = dataset_fingerprint(test_dataset) if test_dataset is not None else None
+        self.store.check_location()
+        with self.store.writer_lock():
+            self.store.remove_temporaries()  # of killed writers: the lock says none is alive
+            manifest = self._open_run(len(train_dataset), fingerprint)
+            if test_dataset is not None and manifest.get("test_fingerprint") != test_fingerprint:
+                return self._fit_phases(train_dataset, batch_size, (test_dataset, test_fingerprint))
+            if manifest["status"] == "complete":
+                return self._load_state()
+            return self._fit_phases(train_dataset, batch_size, None)
+
+    def _fit_phases(
+        self, train_dataset: Dataset, batch_size: int, test: tuple[Dataset, str] | None
+    ) -> InfluenceEngine:
+        """Run the missing phases (and score ``test``: dataset, fingerprint), then mark complete."""
         self.store.update_manifest(status="running", error=None)
         try:
-            self._run_phases(train_dataset, batch_size, test_dataset if needs_test_scores else None)
+            self._run_phases(train_dataset, batch_size, test)
         except KeyboardInterrupt:
             self.store.update_manifest(status="cancelled")
             raise
@@ -243,7 +366,7 @@ class InfluenceEngine:
         return self
 
     def _run_phases(
-        self, train_dataset: Dataset, batch_size: int, test_dataset: Dataset | None
+        self, train_dataset: Dataset, batch_size: int, test: tuple[Dataset, str] | None
     ) -> None:
         """The phases a run still lacks, in order, with their wall-clock seconds in the manifest."""
         if self.store.artifact_path("self_influence.npy").is_file():
@@ -253,8 +376,8 @@ class InfluenceEngine:
             self._timed("gradients", self._gradient_phase, train_dataset, batch_size)
             self._timed("curvature", self._curvature_phase)
             self._timed("self_influence", self._self_influence_phase)
-        if test_dataset is not None:
-            self._timed("test_scores", self._test_scores_phase, test_dataset, batch_size)
+        if test is not None:
+            self._timed("test_scores", self._test_scores_phase, *test, batch_size)
 
     def _timed(self, phase: str, run: Callable[..., None], *args: Any) -> None:
         started = time.perf_counter()
@@ -263,16 +386,19 @@ class InfluenceEngine:
         timings[phase] = time.perf_counter() - started
         self.store.update_manifest(timings=timings)
 
-    def _new_manifest(self, n_train: int) -> dict[str, Any]:
+    def _new_manifest(self, n_train: int, data_fingerprint: str) -> dict[str, Any]:
         specs = self.layout.specs
         return {
-            "format": 1,
+            "format": FORMAT_VERSION,
             "status": "running",
             "compression": self.compression.to_dict(),
             "curvature": self.curvature_config.to_dict(),
             "dtype": dtype_name(self.dtype),
             "store_dtype": dtype_name(self.store_dtype),
+            "loss": loss_name(self.loss_fn),
             "model_fingerprint": model_fingerprint(self.model),
+            "data_fingerprint": data_fingerprint,
+            "test_fingerprint": None,
             "n_train": n_train,
             "rows_done": 0,
             "layers": [{**spec.to_dict(), "k": None} for spec in specs],
@@ -291,27 +417,36 @@ class InfluenceEngine:
             "error": None,
         }
 
-    def _open_run(self, n_train: int) -> dict[str, Any]:
-        """Create the run, or check that the existing one has the same configuration."""
-        fresh = self._new_manifest(n_train)
-        if self.store.exists():
-            saved = self.store.read_manifest()
-            differing = [f for f in SIGNATURE_FIELDS if saved[f] != fresh[f]]
-            if not differing:
-                return saved
-            if not self.overwrite:
-                raise RunConfigMismatchError(
-                    f"run directory {self.store.run_dir} holds a run with a different "
-                    f"{', '.join(differing)}; expected {[fresh[f] for f in differing]}, found "
-                    f"{[saved[f] for f in differing]}. Use another directory or overwrite=True."
-                )
+    def _open_run(self, n_train: int, data_fingerprint: str) -> dict[str, Any]:
+        """Create the run, or check that the existing one has the same signature.
+
+        Call with the writer lock held. Only dropinf's own files are ever cleared: a folder
+        without a manifest must hold nothing else, and a manifest must carry dropinf's marker.
+        """
+        fresh = self._new_manifest(n_train, data_fingerprint)
+        saved = self.store.manifest_or_none()
+        if saved is None:
+            self.store.refuse_foreign_files()
+        elif not is_dropinf_manifest(saved):
+            raise RunDirectoryError(
+                f"expected an empty folder or a dropinf run directory at {self.store.run_dir}, "
+                "found a manifest.json that dropinf did not write; nothing was changed"
+            )
+        elif not signature_differences(saved, fresh):
+            return saved
+        elif not self.overwrite:
+            raise RunConfigMismatchError(mismatch_message(self.store.run_dir, saved, fresh))
         self.store.clear()
         self.store.write_manifest(fresh)
         return fresh
 
     def _prepare_capture(self, train_dataset: Dataset, batch_size: int) -> None:
-        """Build the compressors: from the saved masks on resume, else from seed / calibration."""
-        if self.store.artifact_path("compressor.safetensors").is_file():
+        """Build the compressors: from the saved masks on resume, else from seed / calibration.
+
+        The manifest's ``k`` commits the saved masks: a file written by a writer killed before
+        its manifest update is rebuilt (deterministically) and written again.
+        """
+        if self.store.read_manifest()["k"] is not None:
             self.capture = self._restored_capture()
             return
         self._write_progress("calibrate", 0, 1, None)
@@ -408,11 +543,14 @@ class InfluenceEngine:
         values = fitted.training_self_influence(self._train_chunks())
         self.store.save_self_influence(values.to(torch.float32).numpy())
 
-    def _test_scores_phase(self, test_dataset: Dataset, batch_size: int) -> None:
+    def _test_scores_phase(self, test_dataset: Dataset, fingerprint: str, batch_size: int) -> None:
+        """Score the test set; the manifest's ``test_fingerprint`` commits the written scores."""
+        self.store.update_manifest(test_fingerprint=None)
         self._write_progress("test_scores", 0, len(test_dataset), None)
         gradients, meta = self.test_gradients(test_dataset, batch_size)
         scores = self._scores(gradients).to(torch.float32).numpy()
         self.store.save_test_scores(scores, meta)
+        self.store.update_manifest(test_fingerprint=fingerprint)
 
     # ------------------------------------------------------------- scoring
     def pairwise_scores(self, test_dataset: Dataset, batch_size: int = 256) -> torch.Tensor:
@@ -480,6 +618,11 @@ class InfluenceEngine:
             RunConfigMismatchError: ``model`` is not the model the run was computed on.
         """
         manifest = RunStore(run_dir).read_manifest()
+        if manifest.get("format") != FORMAT_VERSION:
+            raise RunConfigMismatchError(
+                f"run {run_dir} has the run format {manifest.get('format')}, expected "
+                f"{FORMAT_VERSION}: recompute it with this version of dropinf"
+            )
         engine = cls(
             model,
             loss_fn,

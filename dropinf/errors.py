@@ -45,6 +45,22 @@ class IncompleteRunError(RunError):
     """A run was asked for results it has not computed yet."""
 
 
+class RunDirectoryError(RunError, ValueError):
+    """A run directory path is a file, lies below one, cannot be created, or holds other files."""
+
+
+class CorruptRunError(RunError, ValueError):
+    """A run's manifest is not valid JSON or not a dropinf manifest."""
+
+
+class RunLockedError(RunError):
+    """Another process is writing the run directory (it holds the run's lock)."""
+
+
+class MissingFileError(DropinfError, FileNotFoundError):
+    """A file the user named does not exist."""
+
+
 class CheckpointError(DropinfError, ValueError):
     """A checkpoint cannot be read or does not fit its architecture."""
 

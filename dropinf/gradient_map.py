@@ -25,9 +25,8 @@ import torch
 
 from dropinf.engine import load_curvature, stored_gradient_chunks
 from dropinf.errors import IncompleteRunError
-from dropinf.store import RunStore
+from dropinf.store import MAP_FILE, RunStore
 
-MAP_FILE = "umap.npz"
 MAP_JOB = "map"
 PROJECTED_DIM = 256
 PCA_DIM = 50
@@ -69,13 +68,17 @@ def compute_gradient_map(
 
     Raises:
         RunNotFoundError: No run in ``run_dir``.
+        CorruptRunError: The run's manifest is unreadable.
         IncompleteRunError: The run has no gradients or curvature yet.
+        RunLockedError: Another process is writing the run.
     """
-    features = reduced_gradients(run_dir, whiten, seed)  # (n, ≤ PCA_DIM)
-    coords = _embed(features, seed, n_neighbors, min_dist)  # (n, 2)
-    path = gradient_map_path(run_dir)
-    settings = {"whitened": whiten, "seed": seed, "n_neighbors": n_neighbors}
-    _save_npz_atomic(path, coords=coords.astype(np.float32), **settings)
+    RunStore(run_dir).read_manifest()  # no run, no lock file left behind
+    with RunStore(run_dir).writer_lock("mapped"):
+        features = reduced_gradients(run_dir, whiten, seed)  # (n, ≤ PCA_DIM)
+        coords = _embed(features, seed, n_neighbors, min_dist)  # (n, 2)
+        path = gradient_map_path(run_dir)
+        settings = {"whitened": whiten, "seed": seed, "n_neighbors": n_neighbors}
+        _save_npz_atomic(path, coords=coords.astype(np.float32), **settings)
     return path
 
 

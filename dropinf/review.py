@@ -36,12 +36,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dropinf.errors import ConfigError, RunError
-from dropinf.store import exclusive_lock
+from dropinf.errors import ConfigError, MissingFileError, RunError
+from dropinf.store import DECISIONS_FILE, RETRAIN_REPORT_FILE, exclusive_lock
 
 FORMAT_VERSION = 1
-DECISIONS_FILE = "decisions.json"
-RETRAIN_REPORT_FILE = "retrain_report.json"
 RETRAIN_JOB = "retrain"
 ACTIONS = ("keep", "relabel", "remove")
 UNDECIDED = "undecided"
@@ -94,16 +92,19 @@ def decisions_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / DECISIONS_FILE
 
 
-def load_decisions(path: str | Path) -> dict[int, Decision]:
+def load_decisions(path: str | Path, missing_ok: bool = True) -> dict[int, Decision]:
     """Read decisions from a ``decisions.json`` file (or a run directory holding one).
 
     Args:
         path: The file, or a run directory.
+        missing_ok: Read a missing file as no decisions (a run not reviewed yet); False when
+            the user named the file.
 
     Returns:
-        Training index -> decision; empty when the file does not exist yet.
+        Training index -> decision; empty when the file does not exist yet and ``missing_ok``.
 
     Raises:
+        MissingFileError: The file does not exist and ``missing_ok`` is False.
         RunError: The file is not a decisions file of a known format.
         ConfigError: A decision in it is invalid.
     """
@@ -111,7 +112,9 @@ def load_decisions(path: str | Path) -> dict[int, Decision]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return {}
+        if missing_ok:
+            return {}
+        raise MissingFileError(f"expected a decisions file at {path}, found no file") from None
     return parse_decisions(text, source=str(path))
 
 

@@ -54,7 +54,7 @@ from dropinf.config import CompressionConfig, CurvatureConfig
 from dropinf.curvature import curvature_flops
 from dropinf.data import DatasetBundle
 from dropinf.engine import batch_to, build_run_compressors
-from dropinf.errors import ConfigError, JobError
+from dropinf.errors import ConfigError, CorruptRunError, JobError
 from dropinf.losses import cross_entropy_per_sample
 from dropinf.store import RunStore, atomic_write_json, exclusive_lock, now_iso
 
@@ -232,7 +232,7 @@ def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
 
 
 def _run_row(run_dir: Path) -> dict[str, Any] | None:
-    manifest = RunStore(run_dir).manifest_or_none()
+    manifest = _read_manifest(run_dir) or None
     if manifest is None and not _job_file(run_dir, COMPUTE_JOB, "lock").exists():
         return None
     manifest = manifest or {}
@@ -395,7 +395,7 @@ def job_status(run_dir: Path, name: str = COMPUTE_JOB) -> JobStatus:
     lock = _read_json(lock_path)
     if lock and _lock_alive(lock):
         return _replace_state(progress, "running", pid=int(lock["pid"]))
-    manifest = (RunStore(run_dir).manifest_or_none() if name == COMPUTE_JOB else None) or {}
+    manifest = _read_manifest(run_dir) if name == COMPUTE_JOB else {}
     if manifest.get("status") == "complete":
         return _replace_state(progress, "complete")
     if _job_file(run_dir, name, "cancelled").exists():
@@ -455,9 +455,17 @@ def _progress_status(run_dir: Path) -> JobStatus:
             examples_per_s=progress.get("examples_per_s"),
             eta_s=progress.get("eta_s"),
         )
-    manifest = store.manifest_or_none() or {}
+    manifest = _read_manifest(run_dir)
     done, total = int(manifest.get("rows_done") or 0), int(manifest.get("n_train") or 0)
     return JobStatus("running", done=done, total=total, phase="gradients" if total else "")
+
+
+def _read_manifest(run_dir: Path) -> dict[str, Any]:
+    """The run's manifest ({} when absent); a failed status naming the problem when corrupt."""
+    try:
+        return RunStore(run_dir).manifest_or_none() or {}
+    except CorruptRunError as error:
+        return {"status": "failed", "error": str(error)}
 
 
 def _replace_state(status: JobStatus, state: str, **changes: Any) -> JobStatus:

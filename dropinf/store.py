@@ -11,18 +11,23 @@ Layout of a run directory::
     self_influence.npy         (n_train,)
     test_scores.npy            (n_test, n_train), + = proponent
     test_meta.npz              label, prediction, loss of the test examples
+    .dropinf.lock              the writer lock: flock'ed by the one process writing the run
 
-Every file is written under a temporary name and renamed into place, so a killed job never
-leaves a half-written file that looks complete. A shard exists only once all its rows are in.
+Every file is written under a temporary name unique to the writing process and renamed into
+place, so a killed job never leaves a half-written file that looks complete. A shard exists only
+once all its rows are in. Only the files named here (and derived caches, and the review's
+decisions) count as dropinf's: ``clear`` deletes the run's own files and nothing else, and a
+folder holding anything else without a dropinf manifest is refused (see docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
-import shutil
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,10 +37,33 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from dropinf.errors import IncompleteRunError, RunNotFoundError
+from dropinf.errors import (
+    CorruptRunError,
+    IncompleteRunError,
+    RunDirectoryError,
+    RunLockedError,
+    RunNotFoundError,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 META_FIELDS = ("label", "prediction", "loss")
+LOCK_FILE = ".dropinf.lock"
+GRADIENTS_DIR = "gradients"
+MAP_FILE = "umap.npz"
+DECISIONS_FILE = "decisions.json"
+RETRAIN_REPORT_FILE = "retrain_report.json"
+RUN_FILES = (
+    "manifest.json",
+    "progress.json",
+    "compressor.safetensors",
+    "curvature.safetensors",
+    "self_influence.npy",
+    "test_scores.npy",
+    "test_meta.npz",
+    MAP_FILE,  # derived from the gradients: stale once the run is replaced
+)
+REVIEW_FILES = (DECISIONS_FILE, f"{DECISIONS_FILE}.lock", RETRAIN_REPORT_FILE)
+SHARD_PATTERN = re.compile(r"shard-\d{5}(\.npy|\.meta\.npz)")
 
 
 def now_iso() -> str:
@@ -58,9 +86,19 @@ def exclusive_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def temporary_path(path: Path) -> Path:
+    """The temporary name ``path`` is written under before its rename: unique per process."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def is_temporary(name: str) -> bool:
+    """True for a name ``temporary_path`` (or the review's ``mkstemp``) makes."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` through a temporary file and a rename."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per writing process
+    temporary = temporary_path(path)
     with open(temporary, "wb") as handle:
         handle.write(payload)
         handle.flush()
@@ -75,7 +113,7 @@ def atomic_write_json(path: Path, value: dict[str, Any]) -> None:
 
 def save_npy(path: Path, array: np.ndarray) -> None:
     """Save one array in .npy format, atomically."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = temporary_path(path)
     with open(temporary, "wb") as handle:
         np.save(handle, array)
     os.replace(temporary, path)
@@ -83,7 +121,7 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Save named arrays in .npz format, atomically."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = temporary_path(path)
     with open(temporary, "wb") as handle:
         np.savez(handle, **arrays)
     os.replace(temporary, path)
@@ -108,7 +146,7 @@ class ShardWriter:
     def __init__(self, path: Path, rows: int, k: int, dtype: np.dtype) -> None:
         self.path = path
         self.rows = rows
-        self.temporary = path.with_name(f".{path.name}.tmp")
+        self.temporary = temporary_path(path)
         self.gradients = np.lib.format.open_memmap(
             self.temporary, mode="w+", dtype=dtype, shape=(rows, k)
         )
@@ -205,6 +243,32 @@ class GradientWriter:
         return True
 
 
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; empty when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def is_shard_file(path: Path) -> bool:
+    """True for a gradient shard, its metadata, or a temporary of either."""
+    return bool(SHARD_PATTERN.fullmatch(path.name)) or (
+        path.name.startswith(".shard-") and path.name.endswith(".tmp")
+    )
+
+
+def is_dropinf_manifest(manifest: dict[str, Any]) -> bool:
+    """True when a manifest carries dropinf's marker: an integer format and a dropinf version."""
+    versions = manifest.get("versions")
+    return (
+        isinstance(manifest.get("format"), int)
+        and isinstance(versions, dict)
+        and ("dropinf" in versions)
+    )
+
+
 def meta_path(shard: Path) -> Path:
     """The metadata file beside a gradient shard."""
     return shard.with_name(shard.name.replace(".npy", ".meta.npz"))
@@ -234,7 +298,12 @@ class RunStore:
     @property
     def gradients_dir(self) -> Path:
         """Folder of the gradient shards."""
-        return self.run_dir / "gradients"
+        return self.run_dir / GRADIENTS_DIR
+
+    @property
+    def lock_path(self) -> Path:
+        """``.dropinf.lock``, the writer lock (never deleted)."""
+        return self.run_dir / LOCK_FILE
 
     def shard_path(self, index: int) -> Path:
         """Path of gradient shard ``index``."""
@@ -254,10 +323,22 @@ class RunStore:
 
         Raises:
             RunNotFoundError: There is no manifest in the directory.
+            CorruptRunError: The manifest is not a JSON object.
         """
         if not self.exists():
             raise RunNotFoundError(f"expected a run directory with manifest.json at {self.run_dir}")
-        return json.loads(self.manifest_path.read_text())
+        try:
+            manifest = json.loads(self.manifest_path.read_bytes())
+        except ValueError as error:
+            raise CorruptRunError(
+                f"expected a JSON manifest at {self.manifest_path}, found invalid JSON ({error}); "
+                "remove the folder by hand if it holds nothing of yours"
+            ) from None
+        if not isinstance(manifest, dict):
+            raise CorruptRunError(
+                f"expected a JSON object in {self.manifest_path}, found {type(manifest).__name__}"
+            )
+        return manifest
 
     def manifest_or_none(self) -> dict[str, Any] | None:
         """The manifest, or None when there is none (yet)."""
@@ -293,11 +374,128 @@ class RunStore:
         """True when the run finished."""
         return self.status == "complete"
 
+    # the folder: where it may be, what may be in it, who writes it
+    def check_location(self) -> None:
+        """Check that the run directory is, or can become, a folder of dropinf's.
+
+        Raises:
+            RunDirectoryError: The path is a file or lies below one, or the folder holds files
+                that dropinf did not write and no manifest.
+        """
+        for folder in (self.run_dir, *self.run_dir.parents):
+            if folder.is_dir():
+                break
+            if folder.exists() or folder.is_symlink():
+                raise RunDirectoryError(
+                    f"expected a folder for the run at {self.run_dir}, found a file at {folder}"
+                )
+        if not self.exists():
+            self.refuse_foreign_files()
+
+    def refuse_foreign_files(self) -> None:
+        """Refuse a folder that holds anything dropinf did not write.
+
+        Raises:
+            RunDirectoryError: It does, listing (some of) those files.
+        """
+        foreign = self.foreign_entries()
+        if foreign:
+            names = ", ".join(str(path.relative_to(self.run_dir)) for path in foreign[:5])
+            names += ", …" if len(foreign) > 5 else ""
+            raise RunDirectoryError(
+                f"expected an empty folder or a dropinf run directory at {self.run_dir}, found "
+                f"{len(foreign)} files not written by dropinf ({names}); "
+                "nothing was changed: choose an empty or new folder"
+            )
+
+    def foreign_entries(self) -> list[Path]:
+        """Files and folders in the run directory whose names are not dropinf's."""
+        if not self.run_dir.is_dir():
+            return []
+        ours = {*RUN_FILES, *REVIEW_FILES, LOCK_FILE}
+        foreign = [
+            path
+            for path in sorted(self.run_dir.iterdir())
+            if path.name not in ours and not is_temporary(path.name) and path != self.gradients_dir
+        ]
+        if self.gradients_dir.is_dir():
+            foreign += [p for p in sorted(self.gradients_dir.iterdir()) if not is_shard_file(p)]
+        return foreign
+
+    def prepare(self) -> None:
+        """Create the run directory (and its parents).
+
+        Raises:
+            RunDirectoryError: It cannot be created (a file in the way, no permission...).
+        """
+        self.check_location()
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunDirectoryError(
+                f"expected a writable folder for the run at {self.run_dir}, found: "
+                f"{error.strerror or error}"
+            ) from None
+
+    @contextlib.contextmanager
+    def writer_lock(self, activity: str = "computed") -> Iterator[None]:
+        """Hold the run's writer lock for the block: one writing process per run directory.
+
+        Args:
+            activity: What the holder does, for the message a second writer gets.
+
+        Raises:
+            RunLockedError: Another process holds the lock.
+            RunDirectoryError: The run directory cannot be created.
+        """
+        self.prepare()
+        descriptor = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunLockedError(self._locked_message(activity)) from None
+            holder = {"pid": os.getpid(), "activity": activity, "since": now_iso()}
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, json.dumps(holder).encode(), 0)
+            yield
+        finally:
+            os.close(descriptor)  # releases the flock, also when the process is killed
+
+    def _locked_message(self, activity: str) -> str:
+        holder = _read_json_object(self.lock_path)
+        who = f"PID {holder['pid']}" if "pid" in holder else "another process"
+        since = f" since {holder['since']}" if "since" in holder else ""
+        return (
+            f"run directory {self.run_dir} is already being {holder.get('activity', activity)} "
+            f"by {who}{since}; wait for it to finish (then the run is reused) or stop that process"
+        )
+
     def clear(self) -> None:
-        """Delete everything in the run directory."""
-        if self.run_dir.exists():
-            shutil.rmtree(self.run_dir)
-        self.run_dir.mkdir(parents=True)
+        """Delete the run's own files (manifest first), keeping anything else in the folder.
+
+        Deletes the files in ``RUN_FILES``, the gradient shards and their temporaries; keeps the
+        review's decisions, the writer lock and every file dropinf did not write.
+        """
+        for name in RUN_FILES:
+            self.artifact_path(name).unlink(missing_ok=True)
+        self.remove_temporaries()
+        if self.gradients_dir.is_dir():
+            for path in self.gradients_dir.iterdir():
+                if is_shard_file(path) and path.is_file():
+                    path.unlink()
+            with contextlib.suppress(OSError):
+                self.gradients_dir.rmdir()  # only when nothing else is in it
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def remove_temporaries(self) -> None:
+        """Delete temporaries of the run's files left by killed writers (hold the writer lock)."""
+        for name in RUN_FILES:
+            for path in self.run_dir.glob(f".{glob.escape(name)}.*.tmp"):
+                path.unlink(missing_ok=True)
+        if self.gradients_dir.is_dir():
+            for path in self.gradients_dir.glob(".shard-*.tmp"):
+                path.unlink(missing_ok=True)
 
     # gradient shards
     def complete_shards(self) -> list[Path]:
@@ -332,7 +530,7 @@ class RunStore:
     # curvature and compressor state
     def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
         """Save named tensors as safetensors, atomically."""
-        temporary = self.artifact_path(f".{name}.tmp")
+        temporary = temporary_path(self.artifact_path(name))
         save_file({key: value.contiguous().cpu() for key, value in tensors.items()}, temporary)
         os.replace(temporary, self.artifact_path(name))
 

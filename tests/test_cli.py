@@ -128,3 +128,90 @@ def test_train_prints_metrics(checkpoint: Path) -> None:
     sidecar = json.loads(Path(str(checkpoint) + ".json").read_text())
     assert sidecar["arch"] == "mlp"
     assert sidecar["extra"]["data_spec"] == "digits"
+
+
+def cli_failure(argv: list[str], capsys) -> tuple[int, str]:
+    """Exit status and stderr of a command that must fail cleanly (no exception escapes)."""
+    try:
+        status = main(argv)
+    except SystemExit as exit_info:  # argparse
+        status = exit_info.code
+    return status, capsys.readouterr().err
+
+
+def compute_args(checkpoint: Path, out: Path, *extra: str) -> list[str]:
+    return ["compute", "--model", str(checkpoint), "--data", "digits", "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("batch_size", ["0", "-3"])
+@pytest.mark.parametrize("command", ["compute", "train"])
+def test_non_positive_batch_size_is_an_error(
+    checkpoint: Path, tmp_path: Path, capsys, batch_size: str, command: str
+) -> None:
+    argv = compute_args(checkpoint, tmp_path / "run")
+    if command == "train":
+        argv = ["train", *TINY_TRAIN, "--data", "digits", "--out", str(tmp_path / "m.safetensors")]
+    status, stderr = cli_failure([*argv, "--batch-size", batch_size], capsys)
+    assert status == 2 and "error:" in stderr
+    assert f"expected a positive integer, found {batch_size}" in stderr
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:x", "cpu:0:1"])
+def test_unknown_device_is_an_error(checkpoint: Path, tmp_path: Path, capsys, device) -> None:
+    status, stderr = cli_failure(
+        compute_args(checkpoint, tmp_path / "r", "--device", device), capsys
+    )
+    assert status == 2 and "error:" in stderr and repr(device) in stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_an_error(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    status, stderr = cli_failure(
+        compute_args(checkpoint, tmp_path / "r", "--device", "cuda"), capsys
+    )
+    assert status == 2 and "CUDA is not available" in stderr
+
+
+def test_out_that_is_a_file_or_below_a_file_is_an_error(
+    checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    for out in (afile, afile / "run"):
+        status, stderr = cli_failure(compute_args(checkpoint, out), capsys)
+        assert status == 2 and stderr.startswith("error: ") and "found a file" in stderr
+    assert afile.read_text() == "keep me"
+
+
+def test_out_in_an_unwritable_folder_is_an_error(checkpoint: Path, capsys) -> None:
+    out = Path("/sys/dropinf-run")  # sysfs refuses new folders, even to root
+    status, stderr = cli_failure(compute_args(checkpoint, out), capsys)
+    assert status == 2 and stderr.startswith("error: ") and "/sys/dropinf-run" in stderr
+
+
+def test_corrupt_manifest_is_an_error_for_compute_and_map(
+    checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text("{not json")
+    for argv in (compute_args(checkpoint, run, "--overwrite"), ["map", "--run", str(run)]):
+        status, stderr = cli_failure(argv, capsys)
+        assert status == 2 and stderr.startswith("error: ") and "manifest.json" in stderr
+    assert (run / "manifest.json").read_text() == "{not json"
+
+
+def test_retrain_with_missing_or_broken_decisions_is_an_error(
+    checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text("[1, 2")
+    shape = tmp_path / "shape.json"
+    shape.write_text("[]")
+    for decisions, message in ((tmp_path / "missing.json", "found no file"),
+                               (broken, "not valid JSON"), (shape, "format 1")):  # fmt: skip
+        argv = ["retrain", "--model", str(checkpoint), "--data", "digits", "--decisions",
+                str(decisions), "--out", str(tmp_path / "report.json")]  # fmt: skip
+        status, stderr = cli_failure(argv, capsys)
+        assert status == 2 and stderr.startswith("error: ") and message in stderr
+    assert not (tmp_path / "report.json").exists()

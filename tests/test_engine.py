@@ -17,9 +17,10 @@ from torch.utils.data import TensorDataset
 
 from dropinf.capture import discover_layers
 from dropinf.config import CompressionConfig, CurvatureConfig
-from dropinf.engine import InfluenceEngine
+from dropinf.engine import InfluenceEngine, model_fingerprint, resolve_device
 from dropinf.errors import (
     ConfigError,
+    DatasetError,
     IncompleteRunError,
     NoCapturableLayerError,
     NonFiniteError,
@@ -240,7 +241,7 @@ def test_unknown_method_and_curvature_are_refused() -> None:
     with pytest.raises(ConfigError, match="method must be one of"):
         CompressionConfig(method="pca")
     with pytest.raises(ConfigError, match="curvature kind must be one of"):
-        CurvatureConfig(kind="kfac")
+        CurvatureConfig(kind="eigen")
     with pytest.raises(ConfigError, match="damping must be a positive"):
         CurvatureConfig(damping=-1.0)
 
@@ -391,3 +392,34 @@ def test_training_self_influence_reads_low_rank_blocks_off_their_factorisation()
                if isinstance(b, LowRankBlock) else b for b in fitted.blocks]  # fmt: skip
     fitted.blocks = without  # as reloaded from disk: every block whitens the rows
     assert torch.allclose(fitted.training_self_influence(chunks), expected, rtol=1e-9)
+
+
+def test_model_fingerprint_covers_every_buffer_of_a_batchnorm_model() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 3 * 3, 3)
+    ).double()
+    before = model_fingerprint(model)  # num_batches_tracked is a 0-dim int64 buffer
+    model[1].num_batches_tracked += 1
+    assert model_fingerprint(model) != before
+    engine = InfluenceEngine(model, cross_entropy_per_sample, dtype=torch.float64)
+    assert np.isfinite(engine.fit(make_data("cnn", 12, 21)).self_influence().numpy()).all()
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 1.5, True, "8"])
+def test_fit_refuses_a_bad_batch_size_by_name(batch_size) -> None:
+    engine = InfluenceEngine(make_mlp(12), cross_entropy_per_sample, dtype=torch.float64)
+    with pytest.raises(ConfigError, match=f"expected a positive integer, found {batch_size!r}"):
+        engine.fit(make_data("mlp", 8, 22), batch_size=batch_size)
+
+
+def test_fit_refuses_an_empty_training_set() -> None:
+    engine = InfluenceEngine(make_mlp(12), cross_entropy_per_sample, dtype=torch.float64)
+    with pytest.raises(DatasetError, match="found 0"):
+        engine.fit(make_data("mlp", 0, 22))
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:x"])
+def test_unknown_device_is_refused_by_name(device: str) -> None:
+    with pytest.raises(ConfigError, match=repr(device)):
+        resolve_device(device)

@@ -99,3 +99,10 @@ def test_compute_gradient_map_end_to_end(tiny_run):
     coords = gradient_map.load_gradient_map(tiny_run)
     assert coords.shape == (60, 2) and np.isfinite(coords).all()
     assert coords.std(axis=0).min() > 0
+
+
+def test_map_is_refused_while_another_process_writes_the_run(tiny_run):
+    from dropinf.errors import RunLockedError
+
+    with RunStore(tiny_run).writer_lock(), pytest.raises(RunLockedError, match="being computed"):
+        gradient_map.compute_gradient_map(tiny_run)

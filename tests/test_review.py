@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dropinf import evaluate
-from dropinf.errors import ConfigError, RunError
+from dropinf.errors import ConfigError, MissingFileError, RunError
 from dropinf.review import (
     Decision,
     decide,
@@ -372,3 +372,9 @@ def test_retrain_command_and_report(tmp_path):
     retrain_report_path(tmp_path).write_text("{half")
     with pytest.raises(RunError, match="not valid JSON"):
         load_retrain_report(tmp_path)
+
+
+def test_a_named_decisions_file_must_exist(tmp_path):
+    assert load_decisions(tmp_path / "missing.json") == {}  # a run not reviewed yet
+    with pytest.raises(MissingFileError, match="found no file"):
+        load_decisions(tmp_path / "missing.json", missing_ok=False)

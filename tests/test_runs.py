@@ -339,3 +339,11 @@ def test_curvature_flops_follow_the_factorisation_of_each_block():
     per_layer = sum(100 * d**2 + d**3 / 3 + 2 * 110 * d**2 for d in (2, 3))
     assert curvature_flops("block", [2, 3], n_train=100, n_examples=110) == per_layer
     assert curvature_flops("identity", [2, 3], n_train=100, n_examples=110) == 0.0
+
+
+def test_a_corrupt_manifest_is_a_failed_run_not_a_crash(tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "manifest.json").write_text("{not json")
+    status = job_status(tmp_path / "bad")
+    assert status.state == "failed" and "invalid JSON" in status.error
+    assert [(row["key"], row["status"]) for row in list_runs(tmp_path)] == [("bad", "failed")]
