@@ -4,6 +4,10 @@ Big arrays stay on the server: histograms are binned here and sent as bars, the 
 sends 2-D coordinates with the training ids (and short hover fields) only, detection curves are
 thinned to a few hundred points, and pictures go out as small PNGs.
 
+Every string that comes from data or files (class, folder, file and run names) is escaped
+before it reaches HTML: the caption and sidebar builders here, and plotly's text (trace names,
+hover fields), which plotly renders as a subset of HTML.
+
 Every map trace carries the training ids in ``customdata`` (first column), so a box or lasso
 selection returned by ``st.plotly_chart(on_select="rerun")`` maps back to ids with
 ``selected_ids``.
@@ -12,6 +16,7 @@ selection returned by ``st.plotly_chart(on_select="rerun")`` maps back to ids wi
 from __future__ import annotations
 
 import base64
+import html
 import io
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -106,7 +111,7 @@ def _histogram_groups(
     labels = np.asarray(labels).ravel()
     palette = _palette(int(labels.max()) + 1 if labels.size else 0)
     return [
-        (_class_name(label, class_names), labels == label, palette[label])
+        (_plotly_text(_class_name(label, class_names)), labels == label, palette[label])
         for label in np.unique(labels).tolist()
     ]
 
@@ -198,7 +203,11 @@ def gradient_map_figure(
 def _map_hover(
     ids: np.ndarray, hover_fields: Mapping[str, Sequence[Any] | np.ndarray]
 ) -> tuple[np.ndarray, str]:
-    columns = [ids.astype(object), *(np.asarray(v, dtype=object) for v in hover_fields.values())]
+    escaped = (
+        np.array([_plotly_text(x) if isinstance(x, str) else x for x in values], dtype=object)
+        for values in hover_fields.values()
+    )
+    columns = [ids.astype(object), *escaped]
     customdata = np.stack(columns, axis=1)  # (n, 1 + fields)
     lines = ["train #%{customdata[0]}"] + [
         f"{label}: %{{customdata[{column}]}}" for column, label in enumerate(hover_fields, start=1)
@@ -236,7 +245,9 @@ def _category_traces(
         members = values == category
         name = _category_label(category, category_names)
         color = REVIEW_STATUS_COLORS.get(name, palette[position])
-        traces.append(_points(coords[members], customdata[members], name, marker_color=color))
+        traces.append(
+            _points(coords[members], customdata[members], _plotly_text(name), marker_color=color)
+        )
     return traces
 
 
@@ -657,6 +668,94 @@ def with_thumbnails(
 
 
 # --------------------------------------------------------------------------------------------
+# HTML captions and cards (every name escaped)
+# --------------------------------------------------------------------------------------------
+
+
+def caption_html(lines: Sequence[str]) -> str:
+    """A compact multi-line caption for a thumbnail.
+
+    Args:
+        lines: Lines of markup, already escaped (built by the functions below).
+
+    Returns:
+        The caption's HTML.
+    """
+    return '<div class="dropinf-caption">' + "<br>".join(lines) + "</div>"
+
+
+def score_html(score: float) -> str:
+    """A signed score coloured as proponent (+) or opponent (-)."""
+    css = "score-pos" if score >= 0 else "score-neg"
+    return f'<span class="{css}">{score:+.3g}</span>'
+
+
+def train_caption_html(
+    index: int, given: str, predicted: str, suspect: bool, score: float | None = None
+) -> str:
+    """Caption of a training thumbnail: index, suspect flag, score, given and predicted class.
+
+    Args:
+        index: The training index.
+        given: The given class name (from the data; escaped here).
+        predicted: The predicted class name (escaped here).
+        suspect: Whether to show the suspect-label flag.
+        score: The influence score to show, or None.
+
+    Returns:
+        The caption's HTML.
+    """
+    flag = ' <span class="flag" title="suspect label">⚑</span>' if suspect else ""
+    scored = f" · {score_html(score)}" if score is not None else ""
+    return caption_html(
+        [
+            f"#{int(index)}{flag}{scored}",
+            f"given <b>{html.escape(given)}</b>"
+            f' <span class="muted">pred {html.escape(predicted)}</span>',
+        ]
+    )
+
+
+def test_caption_html(index: int, true: str, predicted: str, score: float) -> str:
+    """Caption of a test thumbnail with the score a training example has on it.
+
+    Args:
+        index: The test index.
+        true: The true class name (from the data; escaped here).
+        predicted: The predicted class name (escaped here).
+        score: The training example's influence on this test example.
+
+    Returns:
+        The caption's HTML.
+    """
+    return caption_html(
+        [
+            f"test #{int(index)} · {score_html(score)}",
+            f"true <b>{html.escape(true)}</b>"
+            f' <span class="muted">pred {html.escape(predicted)}</span>',
+        ]
+    )
+
+
+def sidebar_card_html(model: str, dataset: str, run: str) -> str:
+    """The sidebar card naming the current model, dataset and run (each escaped).
+
+    Args:
+        model: The model's name (a file name).
+        dataset: The dataset spec (may hold a path).
+        run: The run key.
+
+    Returns:
+        The card's HTML.
+    """
+    model, dataset, run = (html.escape(text) for text in (model, dataset, run))
+    return (
+        '<div class="dropinf-sidebar-card">'
+        f"<b>Model</b><br>{model}<br><b>Dataset</b><br>{dataset}<br><b>Run</b><br>{run}</div>"
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------
 
@@ -664,6 +763,11 @@ def with_thumbnails(
 def _palette(size: int) -> list[str]:
     colors = qualitative.Plotly if size <= len(qualitative.Plotly) else qualitative.Light24
     return [colors[i % len(colors)] for i in range(max(size, 1))]
+
+
+def _plotly_text(value: Any) -> str:
+    """A value as plotly text: escaped, since plotly renders tags such as ``<a>`` and ``<b>``."""
+    return html.escape(str(value))
 
 
 def _class_name(label: int, class_names: Sequence[str] | None) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 import torch
+from streamlit.runtime.pages_manager import PagesManager
 
 from dropinf import data, models, paths, review, runs, views
 from dropinf.config import CompressionConfig, CurvatureConfig
@@ -60,6 +61,24 @@ class Context:
 # ---------------------------------------------------------------------------------------------
 
 
+def route_through_router() -> None:
+    """Hand a page file that Streamlit ran on its own back to the router (``app.py``).
+
+    Until ``st.navigation`` is first called, a fresh server treats the ``pages/`` folder as a
+    multipage app of the first version: a deep link such as ``/explore?run=KEY`` runs
+    ``pages/explore.py`` without the router (no run synced from the URL, ``app`` and ``shared``
+    listed as pages). This switches that mode off and reruns the same URL, now through the router.
+    It is called once, when this module is first imported, which is always within the first
+    script run of a server.
+    """
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+route_through_router()
+
+
 def setup_page() -> None:
     """Page config, palette CSS and logo, shared by every page."""
     st.set_page_config(
@@ -76,32 +95,38 @@ def setup_page() -> None:
 def sync_run_with_url() -> None:
     """Keep the selected run in ``st.query_params`` so a URL reopens the same view.
 
-    A run named in the URL wins (a shared link); otherwise the session's run is written back to
-    the URL (navigation between pages drops query parameters).
+    A run named in the URL wins (a shared link) when it is a run folder under the runs directory;
+    any other key is dropped with a message. Otherwise the session's run is written back to the
+    URL (navigation between pages drops query parameters).
     """
     from_url = st.query_params.get("run")
     if from_url and from_url != st.session_state.get(RUN_KEY):
-        if (paths.runs_dir() / from_url).is_dir():
-            select_run(from_url)
-        else:
-            st.query_params.pop("run", None)
+        select_run(from_url)
     elif not from_url and st.session_state.get(RUN_KEY):
         st.query_params["run"] = st.session_state[RUN_KEY]
 
 
 def select_run(key: str | None) -> None:
-    """Make a run current (session and URL) and adopt its model and data when none is loaded.
+    """Make a run current (session and URL) and adopt its model and data.
+
+    A key that is not a run folder under the runs directory, or a run whose model or data lies
+    outside the readable folders (``paths.confine``), is refused with a message and clears the run.
 
     Args:
         key: The run key (its folder name under the runs directory), or None to clear.
     """
-    if not key:
+    try:
+        run_dir = paths.run_dir_of(key) if key else None
+        context = context_from_run(run_dir) if run_dir and run_dir.is_dir() else None
+    except DropinfError as error:
+        show_error(error)
+        run_dir = None
+    if run_dir is None or not run_dir.is_dir():
         st.session_state.pop(RUN_KEY, None)
         st.query_params.pop("run", None)
         return
-    st.session_state[RUN_KEY] = key
-    st.query_params["run"] = key
-    context = context_from_run(paths.runs_dir() / key)
+    st.session_state[RUN_KEY] = run_dir.name
+    st.query_params["run"] = run_dir.name
     if context is not None and current_context() != context:
         st.session_state[CONTEXT_KEY] = context
 
@@ -114,6 +139,9 @@ def context_from_run(run_dir: Path) -> Context | None:
 
     Returns:
         The context, or None when the manifest is missing or lacks provenance.
+
+    Raises:
+        ConfigError: The provenance's checkpoint or data lies outside the readable folders.
     """
     try:
         provenance = RunStore(run_dir).read_manifest().get("provenance", {})
@@ -121,12 +149,13 @@ def context_from_run(run_dir: Path) -> Context | None:
         return None
     if not provenance.get("checkpoint") or not provenance.get("data_spec"):
         return None
+    checkpoint = paths.confine(str(provenance["checkpoint"]))
     return Context(
-        checkpoint=str(provenance["checkpoint"]),
-        data_spec=str(provenance["data_spec"]),
+        checkpoint=str(checkpoint),
+        data_spec=paths.confine_data_spec(str(provenance["data_spec"])),
         arch=provenance.get("arch"),
         arch_args=json.dumps(provenance.get("arch_args") or {}, sort_keys=True),
-        title=Path(str(provenance["checkpoint"])).name,
+        title=checkpoint.name,
     )
 
 
@@ -138,9 +167,19 @@ def current_context() -> Context | None:
 def set_context(context: Context) -> None:
     """Load a new model + dataset; the current run is cleared when it was made from another."""
     st.session_state[CONTEXT_KEY] = context
-    key = st.session_state.get(RUN_KEY)
-    if key and context_from_run(paths.runs_dir() / key) != context:
+    run_dir = current_run_dir()
+    if st.session_state.get(RUN_KEY) and (
+        run_dir is None or _run_context_or_none(run_dir) != context
+    ):
         select_run(None)
+
+
+def _run_context_or_none(run_dir: Path) -> Context | None:
+    """``context_from_run``, or None when its provenance is refused."""
+    try:
+        return context_from_run(run_dir)
+    except DropinfError:
+        return None
 
 
 def open_context(context: Context) -> None:
@@ -155,12 +194,13 @@ def open_context(context: Context) -> None:
 
 
 def current_run_dir() -> Path | None:
-    """The directory of the selected run, or None."""
+    """The directory of the selected run (confined to the runs directory), or None."""
     key = st.session_state.get(RUN_KEY)
-    if not key:
+    try:
+        run_dir = paths.run_dir_of(key) if key else None
+    except DropinfError:
         return None
-    run_dir = paths.runs_dir() / key
-    return run_dir if run_dir.is_dir() else None
+    return run_dir if run_dir is not None and run_dir.is_dir() else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,13 +229,15 @@ def load_model(checkpoint: str, arch: str | None, arch_args: str) -> models.Load
 
 
 def load_context(context: Context) -> tuple[models.LoadedCheckpoint, data.DatasetBundle]:
-    """The model and dataset of a context, checked to fit each other.
+    """The model and dataset of a context, checked to lie in the readable folders and to fit.
 
     Raises:
+        ConfigError: When the checkpoint or the data lies outside the readable folders.
         DropinfError: When either cannot be loaded or they do not fit.
     """
-    loaded = load_model(context.checkpoint, context.arch, context.arch_args)
-    bundle = load_bundle(context.data_spec)
+    checkpoint = paths.confine(context.checkpoint)
+    bundle = load_bundle(paths.confine_data_spec(context.data_spec))
+    loaded = load_model(str(checkpoint), context.arch, context.arch_args)
     models.check_model_fits_data(loaded.model, bundle)
     return loaded, bundle
 
@@ -288,16 +330,17 @@ def render_sidebar() -> None:
         model = context.title or Path(context.checkpoint).name if context else "—"
         dataset = context.data_spec if context else "—"
         run = run_dir.name if run_dir else "—"
-        st.html(
-            '<div class="dropinf-sidebar-card">'
-            f"<b>Model</b><br>{model}<br><b>Dataset</b><br>{dataset}<br><b>Run</b><br>{run}</div>"
-        )
+        st.html(views.sidebar_card_html(model, dataset, run))
         _run_picker()
 
 
 def _run_picker() -> None:
     """A selectbox over the finished runs; choosing one makes it current."""
-    finished = [row["key"] for row in runs.list_runs() if row.get("status") == "complete"]
+    finished = [
+        row["key"]
+        for row in runs.list_runs()
+        if row.get("status") == "complete" and _is_run_key(row["key"])
+    ]
     if not finished:
         return
     current = st.session_state.get(RUN_KEY)
@@ -312,9 +355,13 @@ def _run_picker() -> None:
     )
 
 
-def caption_html(lines: Sequence[str]) -> str:
-    """A compact multi-line caption for a thumbnail (already escaped HTML parts)."""
-    return '<div class="dropinf-caption">' + "<br>".join(lines) + "</div>"
+def _is_run_key(key: str) -> bool:
+    """True when ``key`` names a run folder inside the runs directory (``paths.run_dir_of``)."""
+    try:
+        paths.run_dir_of(key)
+    except DropinfError:
+        return False
+    return True
 
 
 def gallery(
@@ -332,7 +379,7 @@ def gallery(
         bundle: The dataset the indices point into.
         split: ``"train"`` or ``"test"``.
         indices: Example indices, in display order.
-        captions: One HTML caption per index (see ``caption_html``).
+        captions: One HTML caption per index (``views.train_caption_html`` and kin).
         columns: Thumbnails per row.
         on_open: Called with the index when its button is pressed.
         key: Widget-key prefix, unique per gallery on the page.
@@ -447,12 +494,6 @@ def suspect_mask(store: RunStore) -> np.ndarray:
     )
 
 
-def score_html(score: float) -> str:
-    """A signed score coloured as proponent (+) or opponent (-)."""
-    css = "score-pos" if score >= 0 else "score-neg"
-    return f'<span class="{css}">{score:+.3g}</span>'
-
-
 def train_caption(bundle: data.DatasetBundle, item: Any, suspects: np.ndarray) -> str:
     """Caption of a training thumbnail from a ``top_influences`` row."""
     index = int(item.train_index)
@@ -476,27 +517,17 @@ def _train_caption(
     suspects: np.ndarray,
     score: float | None = None,
 ) -> str:
-    flag = ' <span class="flag" title="suspect label">⚑</span>' if suspects[index] else ""
-    scored = f" · {score_html(score)}" if score is not None else ""
-    return caption_html(
-        [
-            f"#{index}{flag}{scored}",
-            f"given <b>{bundle.class_name(given)}</b>"
-            f' <span class="muted">pred {bundle.class_name(predicted)}</span>',
-        ]
-    )
+    given_name, predicted_name = bundle.class_name(given), bundle.class_name(predicted)
+    return views.train_caption_html(index, given_name, predicted_name, bool(suspects[index]), score)
 
 
 def test_caption(
     bundle: data.DatasetBundle, meta: dict[str, np.ndarray], index: int, score: float
 ) -> str:
     """Caption of a test thumbnail with the score a training example has on it."""
-    return caption_html(
-        [
-            f"test #{index} · {score_html(score)}",
-            f"true <b>{bundle.class_name(meta['label'][index])}</b>"
-            f' <span class="muted">pred {bundle.class_name(meta["prediction"][index])}</span>',
-        ]
+    true, predicted = meta["label"][index], meta["prediction"][index]
+    return views.test_caption_html(
+        index, bundle.class_name(true), bundle.class_name(predicted), score
     )
 
 

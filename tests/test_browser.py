@@ -57,7 +57,13 @@ def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 60) -> N
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("browser-home")
+    with serve(tmp_path_factory.mktemp("browser-home")) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve(home: Path) -> Iterator[str]:
+    """A freshly started ``streamlit run app.py`` on ``home`` (nothing requested yet): its URL."""
     port = free_port()
     env = {**os.environ, "DROPINF_HOME": str(home), "DROPINF_SYNC_JOBS": "0"}
     command = [
@@ -93,7 +99,8 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def page(app_url: str) -> Iterator[object]:
+def chromium() -> Iterator[object]:
+    """A headless Chromium shared by the module's tests (one sync Playwright per process)."""
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
@@ -105,11 +112,21 @@ def page(app_url: str) -> Iterator[object]:
                 "--disable-component-update",
             ],
         )
-        context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        yield page
+        yield browser
         browser.close()
+
+
+def new_page(chromium: object) -> object:
+    """A page in a new browser context (its own cookies and session)."""
+    context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(app_url: str, chromium: object) -> object:
+    return new_page(chromium)
 
 
 def shot(page: object, name: str, anchor: object | None = None) -> None:
@@ -209,3 +226,74 @@ def box_select(page: object, plot: object) -> None:
     for step in range(1, 11):
         page.mouse.move(x0 + (x1 - x0) * step / 10, y0 + (y1 - y0) * step / 10)
     page.mouse.up()
+
+
+# ---------------------------------------------------------------------------------------------
+# A fresh server whose first request is a deep link to a run of a dataset with hostile names
+# ---------------------------------------------------------------------------------------------
+
+HOSTILE_CLASSES = ["<img src=x onerror=1>", "<b>bold"]
+HOSTILE_DATA = "<u>set"
+RUN_KEY = "hostile-run"
+ROUTER_PAGES = ["Load", "Compute", "Explore", "Gradient map", "Label issues"]
+
+
+def write_hostile_images(root: Path) -> None:
+    """An ImageFolder of 8×8 grey images, 20 per class, whose class folders are markup."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(HOSTILE_CLASSES):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for index in range(20):
+            pixels = rng.integers(0, 80, (8, 8)) + 150 * label * (np.arange(8) < 4)  # (8, 8)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{index}.png")
+
+
+def cli(home: Path, *args: str) -> None:
+    env = {**os.environ, "DROPINF_HOME": str(home)}
+    subprocess.run([sys.executable, "-m", "dropinf", *args], cwd=ROOT, env=env, check=True)
+
+
+@pytest.fixture(scope="module")
+def hostile_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh server over a home holding one complete run of the hostile dataset."""
+    home = tmp_path_factory.mktemp("hostile-home")
+    data, checkpoint = home / HOSTILE_DATA, home / "model.safetensors"
+    write_hostile_images(data)
+    cli(home, "train", "--data", str(data), "--out", str(checkpoint), "--epochs", "3")
+    cli(home, "compute", "--model", str(checkpoint), "--data", str(data),
+        "--out", str(home / "runs" / RUN_KEY))  # fmt: skip
+    with serve(home) as url:
+        yield url
+
+
+def open_hostile_run(chromium: object, hostile_url: str) -> object:
+    """A new session opened on ``/explore?run=<the hostile run>``, settled on its galleries."""
+    page = new_page(chromium)
+    page.goto(f"{hostile_url}/explore?run={RUN_KEY}")
+    page.get_by_text("Proponents (helped this prediction)").wait_for(timeout=120_000)
+    settle(page)
+    return page
+
+
+def test_a_deep_link_on_a_fresh_server_goes_through_the_router(
+    hostile_url: str, chromium: object
+) -> None:
+    page = open_hostile_run(chromium, hostile_url)  # the server's very first request
+    links = page.get_by_test_id("stSidebarNav").get_by_test_id("stSidebarNavLink")
+    titles = [text.splitlines()[-1].strip() for text in links.all_inner_texts()]  # after the icon
+    assert titles == ROUTER_PAGES
+    assert page.get_by_text("No run selected").count() == 0
+
+
+def test_names_from_data_are_shown_as_text(hostile_url: str, chromium: object) -> None:
+    page = open_hostile_run(chromium, hostile_url)
+    injected = page.locator('img[src="x"], img[onerror], u, b:text-is("bold")')
+    assert injected.count() == 0, "no element made from a class or folder name"
+    for name in [*HOSTILE_CLASSES, HOSTILE_DATA]:
+        assert page.get_by_text(name).count() > 0, f"{name!r} shown as text"
+    sidebar = page.get_by_test_id("stSidebar").inner_text()
+    assert HOSTILE_DATA in sidebar and RUN_KEY in sidebar

@@ -8,6 +8,7 @@ script run returns.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -259,3 +260,74 @@ def test_gradient_map_computes_in_a_job(computed_app: AppTest) -> None:
         assert_clean(at)
     at.toggle(key="map_overlay").set_value(True).run()
     assert_clean(at)
+
+
+def write_run(run_dir: Path, checkpoint: Path, data_spec: str = "digits") -> Path:
+    """A complete-looking run whose provenance names ``checkpoint`` and ``data_spec``."""
+    from dropinf.store import RunStore
+
+    provenance = {"checkpoint": str(checkpoint), "data_spec": data_spec, "arch": "small_cnn"}
+    RunStore(run_dir).write_manifest({"status": "complete", "provenance": provenance})
+    return run_dir
+
+
+def assert_not_opened(at: AppTest, home: Path, key: str, outside: Path, told: bool = True) -> None:
+    """Run ``key`` is not open, and neither a run, a model nor data from outside."""
+    if "dropinf_run" in at.session_state:  # e.g. the demo's own run, selected by Compute
+        assert at.session_state["dropinf_run"] != key
+        assert (home / "runs" / at.session_state["dropinf_run"]).parent == home / "runs"
+        assert at.query_params["run"] == at.session_state["dropinf_run"]
+    else:
+        assert "run" not in at.query_params
+    if "dropinf_context" in at.session_state:
+        context = at.session_state["dropinf_context"]
+        assert not (context.checkpoint + context.data_spec).count(str(outside))
+    refusals = [e.value for e in at.error if "inside" in e.value or "run key" in e.value]
+    assert not told or refusals, [e.value for e in at.error]
+
+
+@pytest.mark.parametrize("form", ["absolute", "relative"])
+def test_a_run_in_the_url_must_lie_in_the_runs_folder(home: Path, tmp_path: Path, form: str):
+    outside = write_run(tmp_path / "outside-run", tmp_path / "model.safetensors")
+    runs = home / "runs"
+    runs.mkdir(exist_ok=True)
+    key = str(outside) if form == "absolute" else os.path.relpath(outside, runs)
+    at = new_app({"run": key})
+    assert_not_opened(at, home, key, tmp_path)
+    for page in PAGES:
+        assert_not_opened(open_page(at, page), home, key, tmp_path, told=False)
+
+
+def test_a_run_linked_from_outside_is_neither_opened_nor_offered(home: Path, tmp_path: Path):
+    outside = write_run(tmp_path / "outside-run", tmp_path / "model.safetensors")
+    link = home / "runs" / "linked-run"
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(outside)
+    try:
+        at = new_app({"run": "linked-run"})
+        assert_not_opened(at, home, "linked-run", tmp_path)
+        pickers = [s for s in at.selectbox if s.key == "sidebar_run_picker"]
+        assert all("linked-run" not in s.options for s in pickers)
+    finally:
+        link.unlink()
+
+
+@pytest.mark.parametrize("escapes", ["checkpoint", "data"])
+def test_a_run_whose_model_or_data_lies_outside_is_not_loaded(
+    home: Path, tmp_path: Path, escapes: str
+):
+    checkpoint = tmp_path / "model.safetensors" if escapes == "checkpoint" else home / "m.pt"
+    spec = f"{tmp_path / 'x.npz'}:noise=0.1" if escapes == "data" else "digits"
+    key = f"escapes-{escapes}"
+    write_run(home / "runs" / key, checkpoint, spec)
+    at = new_app({"run": key})
+    assert_not_opened(at, home, key, tmp_path)
+
+
+@pytest.mark.parametrize("name", [".hidden.pt", "../../model.pt"])
+def test_upload_names_with_folders_or_hidden_are_refused(home: Path, name: str):
+    at = new_app()
+    at.file_uploader(key="ckpt_upload").upload(name, b"weights", "application/octet-stream").run()
+    assert_clean(at)
+    assert any("upload name" in e.value for e in at.error), [e.value for e in at.error]
+    assert not any(p.name.endswith(name.split("/")[-1]) for p in (home / "uploads").glob("*"))
