@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dropinf.errors import ConfigError, DatasetError
+from dropinf.errors import ConfigError, DatasetError, DropinfError
 
 DEMO_DATA_SPEC = "digits:noise=0.1,seed=0"
 NOISE_KINDS = ("symmetric", "class_conditional")
@@ -44,6 +44,8 @@ CIFAR10_CLASS_NAMES = (
 )  # fmt: skip
 DEFAULT_TEST_FRACTION = 0.2
 SPEC_OPTIONS = ("noise", "kind", "pairs", "seed", "test_fraction", "split_seed")
+MAX_SEED = 2**32 - 1  # the largest seed scikit-learn's splits accept
+MAX_CLASSES = 100_000
 
 
 class Split(Dataset):
@@ -358,12 +360,13 @@ def load_data(spec: str) -> DatasetBundle:
         ConfigError: A noise option is out of range.
     """
     source, options = parse_spec(spec)
+    _check_option_values(options)
     raw = _load_source(source)
     _check_split_arrays(raw.name, "train", raw.x_train, raw.y_train)
     _class_count(raw)
     if raw.x_test is None or raw.y_test is None:
         test_fraction = _option_float(options, "test_fraction", DEFAULT_TEST_FRACTION)
-        raw = _split_off_test(raw, test_fraction, int(_option_float(options, "split_seed", 0)))
+        raw = _split_off_test(raw, test_fraction, _option_seed(options, "split_seed"))
     _validate_test(raw)
     return _bundle_from_raw(raw, spec, options)
 
@@ -378,7 +381,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
         ``(source, options)``.
 
     Raises:
-        DatasetError: Empty spec, malformed or unknown options.
+        DatasetError: Empty spec, malformed, unknown or repeated options.
     """
     spec = spec.strip()
     if not spec:
@@ -395,6 +398,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
                 f"bad data spec option {item!r} in {spec!r}: expected key=value with key one of "
                 f"{', '.join(SPEC_OPTIONS)}"
             )
+        if key in options:
+            raise DatasetError(f"data spec option {key!r} given twice in {spec!r}; expected once")
         options[key] = value.strip()
     return source, options
 
@@ -421,7 +426,17 @@ def _split_off_test(raw: _RawData, test_fraction: float, split_seed: int) -> _Ra
 def _load_source(source: str) -> _RawData:
     if source == "digits":
         return _load_digits()
-    path = Path(source).expanduser()
+    try:
+        return _load_path(Path(source).expanduser(), source)
+    except DropinfError:
+        raise
+    except (OSError, ValueError) as error:
+        raise DatasetError(
+            f"cannot read data {source!r}: expected a readable .npz file or folder; {error}"
+        ) from None
+
+
+def _load_path(path: Path, source: str) -> _RawData:
     if not path.exists():
         raise DatasetError(
             f"data not found: {source!r} (expected 'digits', a .npz file or a folder)"
@@ -462,7 +477,7 @@ def _apply_noise(
         return labels, None, None
     kind = options.get("kind", "symmetric")
     pairs = _parse_pairs(options["pairs"]) if "pairs" in options else None
-    seed = int(_option_float(options, "seed", 0))
+    seed = _option_seed(options, "seed")
     noisy, mask = inject_label_noise(labels, num_classes, rate, seed, kind, pairs)
     return noisy, mask, labels.astype(np.int64).copy()
 
@@ -474,11 +489,35 @@ def _option_float(options: Mapping[str, str], key: str, default: float) -> float
         raise DatasetError(f"data spec option {key}={options[key]!r}: expected a number") from None
 
 
+def _check_option_values(options: Mapping[str, str]) -> None:
+    """Refuse a malformed option value, even one the source does not use (fail early)."""
+    for key in ("noise", "test_fraction"):
+        _option_float(options, key, 0.0)
+    for key in ("seed", "split_seed"):
+        _option_seed(options, key)
+    if "pairs" in options:
+        _parse_pairs(options["pairs"])
+
+
+def _option_seed(options: Mapping[str, str], key: str) -> int:
+    text = options.get(key, "0")
+    try:
+        seed = int(text)
+    except ValueError:
+        raise DatasetError(f"data spec option {key}={text!r}: expected an integer") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"data spec option {key}={text!r}: expected an integer in 0..{MAX_SEED}")
+    return seed
+
+
 def _parse_pairs(text: str) -> list[tuple[int, int]]:
     try:
-        return [tuple(int(c) for c in pair.split("-")) for pair in text.split("/")]  # type: ignore[misc]
+        pairs = [tuple(int(c) for c in pair.split("-")) for pair in text.split("/")]
     except ValueError:
-        raise DatasetError(f"pairs={text!r}: expected class pairs like 1-7/3-8") from None
+        pairs = []
+    if not pairs or any(len(pair) != 2 for pair in pairs):
+        raise DatasetError(f"pairs={text!r}: expected class pairs like 1-7/3-8")
+    return pairs  # type: ignore[return-value]
 
 
 def _as_float_tensor(x: np.ndarray) -> torch.Tensor:
@@ -543,8 +582,10 @@ def _check_split_arrays(name: str, split: str, x: np.ndarray, y: np.ndarray) -> 
         raise DatasetError(
             f"{where}: inputs have shape {x.shape}; expected (N, C, H, W), (N, H, W) or (N, D)"
         )
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-        raise DatasetError(f"{where}: inputs have dtype {x.dtype}; expected numbers")
+    if not any(np.issubdtype(x.dtype, kind) for kind in (np.integer, np.floating, np.bool_)):
+        raise DatasetError(f"{where}: inputs have dtype {x.dtype}; expected real numbers")
+    if x[0].size == 0:
+        raise DatasetError(f"{where}: inputs have shape {x.shape}; expected at least one value")
     if y.ndim != 1 or len(y) != len(x):
         raise DatasetError(
             f"{where}: labels have shape {y.shape}; expected ({len(x)},), one per input"
@@ -574,6 +615,11 @@ def _class_count(raw: _RawData) -> int:
     if raw.class_names is None:
         if max_label < 1:
             raise DatasetError(f"{raw.name}: labels hold one class only; expected at least 2")
+        if max_label >= MAX_CLASSES:
+            raise DatasetError(
+                f"{raw.name}: label {max_label} implies {max_label + 1:,} classes; expected "
+                f"labels in 0..C-1 with at most {MAX_CLASSES:,} classes"
+            )
         return max_label + 1
     if len(raw.class_names) < 2:
         raise DatasetError(f"{raw.name}: {len(raw.class_names)} class names; expected at least 2")
@@ -632,9 +678,20 @@ def _load_npz(path: Path) -> _RawData:
             f"{path.name}: x_test and y_test must come together; found {sorted(arrays)}"
         )
     x, y = _images_first(arrays["x"]), arrays["y"]
-    class_names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
+    class_names = _npz_class_names(arrays, path)
     x_test = _images_first(arrays["x_test"]) if "x_test" in arrays else None
     return _RawData(path.name, x, y, x_test, arrays.get("y_test"), class_names)
+
+
+def _npz_class_names(arrays: Mapping[str, np.ndarray], path: Path) -> list[str] | None:
+    if "class_names" not in arrays:
+        return None
+    names = arrays["class_names"]
+    if names.ndim != 1:
+        raise DatasetError(
+            f"{path.name}: class_names has shape {names.shape}; expected one name per class (C,)"
+        )
+    return [str(name) for name in names]
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -10,13 +10,16 @@ also in the file's metadata). Checkpoints are read with safetensors or
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
 import os
 import pickle
 import pickletools
+import re
 import tempfile
+import typing
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +47,8 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 MAX_LISTED_NAMES = 8
 METADATA_KEY = "dropinf"
+MAX_PARAMETERS = 2**30  # about 4 GiB of float32 weights: anything larger is a typo, not a model
+BUILD_ERRORS = (TypeError, ValueError, RuntimeError, AssertionError, OverflowError)
 
 
 # ---------------------------------------------------------------- architectures
@@ -174,18 +179,25 @@ def build_model(arch: str, **arch_args: Any) -> nn.Module:
 
     Raises:
         UnknownArchitectureError: The name is not in the registry.
-        ConfigError: The arguments do not fit the architecture.
+        ConfigError: The arguments do not fit the architecture (unknown, missing, of the wrong
+            type or sign), or the model would exceed :data:`MAX_PARAMETERS` (checked on the meta
+            device, before any memory is allocated).
     """
+    if not isinstance(arch, str):
+        raise UnknownArchitectureError(f"expected an architecture name (a string); found {arch!r}")
     if arch in ARCHITECTURES:
         builder = ARCHITECTURES[arch]
         _check_arguments(arch, builder, arch_args)
-        return builder(**arch_args)
-    if arch in _torchvision_classifiers():
-        return _build_torchvision(arch, arch_args)
-    raise UnknownArchitectureError(
-        f"unknown architecture {arch!r}: expected one of {', '.join(ARCHITECTURES)} "
-        "or a torchvision classifier name such as resnet18"
-    )
+        build = functools.partial(builder, **arch_args)
+    elif arch in _torchvision_classifiers():
+        build = _torchvision_builder(arch, arch_args)
+    else:
+        raise UnknownArchitectureError(
+            f"unknown architecture {arch!r}: expected one of {', '.join(ARCHITECTURES)} "
+            "or a torchvision classifier name such as resnet18"
+        )
+    _check_size(arch, arch_args, build)
+    return build()
 
 
 def _check_arguments(arch: str, builder: Callable[..., nn.Module], arch_args: Mapping) -> None:
@@ -199,19 +211,58 @@ def _check_arguments(arch: str, builder: Callable[..., nn.Module], arch_args: Ma
             f"architecture {arch!r} takes arguments {list(parameters)}; "
             f"unknown: {unknown}, missing: {missing}"
         )
+    hints = typing.get_type_hints(builder)
+    for name, value in arch_args.items():
+        _check_size_argument(arch, name, value, typing.get_origin(hints[name]) is Sequence)
 
 
-def _build_torchvision(arch: str, arch_args: Mapping[str, Any]) -> nn.Module:
+def _check_size_argument(arch: str, name: str, value: Any, is_list: bool) -> None:
+    """Refuse a width, count or list of widths that is not made of positive integers."""
+    if is_list:
+        valid = isinstance(value, list | tuple) and all(_is_positive_int(v) for v in value)
+    else:
+        valid = _is_positive_int(value)
+    if not valid:
+        expected = "a list of positive integers" if is_list else "a positive integer"
+        raise ConfigError(f"architecture {arch!r}: {name} must be {expected}; found {value!r}")
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _torchvision_builder(arch: str, arch_args: Mapping[str, Any]) -> Callable[[], nn.Module]:
     from torchvision import models
 
     if arch_args.get("weights") is not None:
         raise ConfigError(f"{arch}: pretrained weights are not supported (weights must be None)")
+    if "num_classes" in arch_args:
+        _check_size_argument(arch, "num_classes", arch_args["num_classes"], is_list=False)
+    return functools.partial(models.get_model, arch, **{**arch_args, "weights": None})
+
+
+def _check_size(arch: str, arch_args: Mapping[str, Any], build: Callable[[], nn.Module]) -> None:
+    """Build the model on the meta device (no memory) and refuse it if it is absurdly large.
+
+    Raises:
+        ConfigError: The builder rejects the arguments, or the model would hold more than
+            :data:`MAX_PARAMETERS` parameters.
+    """
     try:
-        return models.get_model(arch, **{**arch_args, "weights": None})
-    except TypeError as error:
+        with torch.device("meta"):
+            skeleton = build()
+    except BUILD_ERRORS as error:
         raise ConfigError(
-            f"architecture {arch!r}: bad arguments {dict(arch_args)}: {error}"
+            f"architecture {arch!r} cannot be built with arguments {dict(arch_args)}: "
+            f"{_first_sentence(error)}"
         ) from None
+    parameters = count_parameters(skeleton)
+    if parameters > MAX_PARAMETERS:
+        raise ConfigError(
+            f"architecture {arch!r} with arguments {dict(arch_args)} would hold {parameters:,} "
+            f"parameters (about {parameters * 4 / 2**30:,.0f} GiB as float32); expected at most "
+            f"{MAX_PARAMETERS:,}: check the sizes in the arguments"
+        )
 
 
 def arch_args_for_data(arch: str, input_shape: Sequence[int], num_classes: int) -> dict[str, Any]:
@@ -283,9 +334,24 @@ def save_checkpoint(
     path = Path(path)
     description = _describe(arch, arch_args, extra)
     state_dict = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = _checkpoint_kind(path)
-    _atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(json.dumps(description, indent=2)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(
+            sidecar_path(path), lambda tmp: tmp.write_text(json.dumps(description, indent=2))
+        )
+        _write_state_dict(path, suffix, state_dict, description)
+    except OSError as error:
+        raise CheckpointError(
+            f"cannot write the checkpoint {path}: expected a file path in a writable folder; "
+            f"{error.strerror or error}"
+        ) from None
+    return path
+
+
+def _write_state_dict(
+    path: Path, suffix: str, state_dict: dict[str, torch.Tensor], description: dict
+) -> None:
     if suffix == "safetensors":
         from safetensors.torch import save_file
 
@@ -293,7 +359,6 @@ def save_checkpoint(
         _atomic_write(path, lambda tmp: save_file(state_dict, str(tmp), metadata=metadata))
     else:
         _atomic_write(path, lambda tmp: torch.save(state_dict, tmp))
-    return path
 
 
 def _describe(arch: str, arch_args: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict:
@@ -435,8 +500,9 @@ def _torch_load_weights_only(path: Path) -> Any:
                 "the file may be truncated or corrupt"
             ) from None
         raise UnsafeCheckpointError(
-            f"{path.name}: refused without running it; it holds pickled objects that are not "
-            f"plain tensors ({_unpickler_reason(error)}). Save a plain state_dict or .safetensors"
+            f"{path.name}: expected a state_dict of tensors (save with "
+            "torch.save(model.state_dict()) or as .safetensors); found a pickled "
+            f"{_pickled_type(error)} — refused without running it"
         ) from None
     except Exception as error:
         raise CheckpointError(
@@ -462,15 +528,18 @@ def _first_sentence(error: Exception) -> str:
     return text.split(". ")[0][:160]
 
 
-def _unpickler_reason(error: Exception) -> str:
+def _pickled_type(error: Exception) -> str:
+    """What torch's weights-only unpickler refused: ``object of type pkg.Class`` if it says."""
+    named = re.search(r"GLOBAL ([\w.]+)", str(error))
+    if named:
+        return f"object of type {named.group(1)}"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     for index, line in enumerate(lines):
-        if "GLOBAL" in line:
-            return line
         if "WeightsUnpickler error:" in line:
             rest = line.partition("WeightsUnpickler error:")[2].strip()
-            return rest or (lines[index + 1] if index + 1 < len(lines) else line)
-    return lines[0][:160] if lines else type(error).__name__
+            reason = rest or (lines[index + 1] if index + 1 < len(lines) else line)
+            return f"object that is not a tensor ({reason[:160]})"
+    return "object that is not a tensor"
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -502,11 +571,21 @@ def _read_description(path: Path, metadata: Mapping[str, str]) -> dict[str, Any]
             description = {"arch": metadata.get("arch"), "arch_args": arch_args}
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{source}: not valid JSON ({error})") from None
-    if not isinstance(description, dict) or not isinstance(description.get("arch_args", {}), dict):
+    if not _is_description(description):
         raise CheckpointError(
-            f"{source}: expected {{'arch': str, 'arch_args': dict}}; found {description!r}"
+            f"{source}: expected {{'arch': str, 'arch_args': dict, 'extra': dict}}; "
+            f"found {description!r:.300}"
         )
     return description
+
+
+def _is_description(description: Any) -> bool:
+    return (
+        isinstance(description, dict)
+        and isinstance(description.get("arch") or "", str)
+        and isinstance(description.get("arch_args", {}), dict)
+        and isinstance(description.get("extra", {}), dict)
+    )
 
 
 def load_state_dict_strict(

@@ -64,16 +64,21 @@ class TrainRecipe:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ConfigError(f"epochs must be an integer >= 1, got {self.epochs!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
+        if not isinstance(self.arch, str) or not self.arch:
+            raise ConfigError(f"arch must be an architecture name, got {self.arch!r}")
+        if not isinstance(self.arch_args, dict):
+            raise ConfigError(
+                f"arch_args must be a dict of argument names to values, got {self.arch_args!r}"
+            )
+        for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0)):
+            if not (_is_int(getattr(self, name)) and getattr(self, name) >= low):
+                raise ConfigError(
+                    f"{name} must be an integer >= {low}, got {getattr(self, name)!r}"
+                )
+        if not (_is_finite_number(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not (_is_finite_number(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as JSON-serialisable values."""
@@ -90,6 +95,14 @@ class TrainRecipe:
         if unknown:
             raise ConfigError(f"unknown train recipe keys {unknown}")
         return cls(**values)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 DEMO_RECIPE = TrainRecipe(arch="small_cnn", epochs=12, lr=1e-3, batch_size=64, seed=0)
@@ -131,10 +144,26 @@ class TrainResult:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The given device, else CUDA when available, else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The given device, else CUDA when available, else the CPU.
+
+    Raises:
+        ConfigError: The name is not ``cpu``, ``cuda`` or ``cuda:N``, or names a CUDA device
+            this machine does not have.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices; "
+            "use 'cpu'"
+        )
+    return resolved
 
 
 def train_model(

@@ -430,3 +430,11 @@ def test_inputs_from_image_needs_an_image_dataset(digits_bundle):
 def test_class_name(digits_bundle):
     assert digits_bundle.class_name(3) == str(digits_bundle.class_names[3])
     assert digits_bundle.class_name(99) == "99" and digits_bundle.class_name(-1) == "-1"
+
+
+@pytest.mark.parametrize(
+    "spec", ["digits:split_seed=-1", "digits:noise=0.1,noise=0.2", "digits:seed=1.5,noise=0.1"]
+)
+def test_spec_option_values_are_checked_even_where_unused(spec):
+    with pytest.raises((ConfigError, DatasetError)):
+        load_data(spec)

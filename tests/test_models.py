@@ -29,6 +29,7 @@ from dropinf.models import (
     load_checkpoint,
     save_checkpoint,
     sidecar_path,
+    small_cnn,
 )
 
 DIGITS_CNN_ARGS = {"in_channels": 1, "input_size": 8, "num_classes": 10}
@@ -270,3 +271,26 @@ def test_file_sha256_is_the_digest_of_the_bytes(tmp_path):
     path.write_bytes(b"abc")
     expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert file_sha256(path) == expected
+
+
+# ---------------------------------------------------------------- absurd sizes
+
+
+def test_absurd_sizes_are_refused_with_an_estimate_before_allocating():
+    with pytest.raises(ConfigError, match=r"would hold 1,319,413,953,331,210 parameters"):
+        build_model("mlp", input_dim=64, num_classes=10, hidden_sizes=[2**44])
+    with pytest.raises(ConfigError, match=r"cannot be built"):
+        build_model("resnet9", width=2**44)
+    with pytest.raises(ConfigError, match=r"hidden_sizes must be a list of positive integers"):
+        build_model("mlp", input_dim=64, num_classes=10, hidden_sizes=[-8])
+    with pytest.raises(ConfigError, match=r"num_classes must be a positive integer; found '10'"):
+        build_model("resnet18", num_classes="10")
+
+
+def test_the_size_check_leaves_the_seeded_initialisation_unchanged():
+    torch.manual_seed(3)
+    built = build_model("small_cnn", **DIGITS_CNN_ARGS)
+    torch.manual_seed(3)
+    direct = small_cnn(**DIGITS_CNN_ARGS)
+    for name, tensor in direct.state_dict().items():
+        assert torch.equal(built.state_dict()[name], tensor), name

@@ -158,3 +158,9 @@ def test_retrain_seed_count_and_errors(digits_bundle):
     assert report.noise_truth is None
     with pytest.raises(ConfigError, match="at least one seed"):
         retrain_with_fixes(SHORT, digits_bundle, [], {}, seeds=[])
+
+
+@pytest.mark.parametrize("device", ["bogus", "meta", 3.5])
+def test_resolve_device_names_bad_devices(device):
+    with pytest.raises(ConfigError, match="device must be"):
+        train_module.resolve_device(device)
