@@ -31,12 +31,18 @@ import torch
 from torch import nn
 
 from dropinf import CompressionConfig, CurvatureConfig, InfluenceEngine
-from dropinf.capture import discover_layers, factored_spec, gather_units, write_layer
-from dropinf.compress import LayerCompressor, build_compressor
+from dropinf.core import (
+    LayerCompressor,
+    build_compressor,
+    cross_entropy_per_sample,
+    discover_layers,
+    factored_spec,
+    gather_units,
+    write_layer,
+)
 from dropinf.data import DatasetBundle, load_data
-from dropinf.evaluate import fidelity, roc_auc
-from dropinf.losses import cross_entropy_per_sample
-from dropinf.train import TrainRecipe, train_model
+from dropinf.metrics import fidelity, roc_auc
+from dropinf.models import TrainRecipe, train_model
 
 METHODS = {
     "dropout (energy)": CompressionConfig(method="dropout", mask="energy"),

@@ -20,10 +20,13 @@ from collections.abc import Callable
 
 import torch
 
-from dropinf.capture import GradientCapture, discover_layers
-from dropinf.compress import build_compressor
-from dropinf.config import CompressionConfig
-from dropinf.losses import cross_entropy_per_sample
+from dropinf.core import (
+    CompressionConfig,
+    GradientCapture,
+    build_compressor,
+    cross_entropy_per_sample,
+    discover_layers,
+)
 from dropinf.models import build_model
 
 

@@ -21,8 +21,8 @@ from torch.nn import functional
 from torch.utils.data import DataLoader, TensorDataset
 
 from dropinf import CompressionConfig, CurvatureConfig, InfluenceEngine
+from dropinf.core import cross_entropy_per_sample
 from dropinf.data import load_data
-from dropinf.losses import cross_entropy_per_sample
 from dropinf.models import build_model
 
 

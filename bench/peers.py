@@ -47,7 +47,7 @@ from peers_methods import (  # noqa: E402
     traker_adapter,
 )
 
-from dropinf import evaluate  # noqa: E402
+from dropinf import metrics as evaluate  # noqa: E402
 from dropinf.data import DatasetBundle, Split, load_data  # noqa: E402
 from dropinf.models import arch_args_for_data  # noqa: E402
 
@@ -153,7 +153,7 @@ def load_setting(size: Size, kind: str, seed: int) -> DatasetBundle:
 
 def make_recipe(arch: str, bundle: DatasetBundle, epochs: int):
     """The one training recipe of an architecture (used for the checkpoint, LDS and cleanlab)."""
-    from dropinf.train import TrainRecipe
+    from dropinf.models import TrainRecipe
 
     arch_args = arch_args_for_data(arch, bundle.input_shape, bundle.num_classes)
     return TrainRecipe(
@@ -169,7 +169,7 @@ def make_recipe(arch: str, bundle: DatasetBundle, epochs: int):
 
 def train(recipe, bundle: DatasetBundle) -> torch.nn.Module:
     """Train the recipe on a bundle; the model comes back in eval mode."""
-    from dropinf.train import train_model
+    from dropinf.models import train_model
 
     return train_model(recipe, bundle, progress=False).model.eval()
 
@@ -248,9 +248,8 @@ def fidelity_pair(problem: Problem, arch: str) -> tuple[dict[str, float], np.nda
     Returns:
         The fidelity report (plus the curvature used) and the exact (identity) scores.
     """
-    from dropinf.config import CompressionConfig, CurvatureConfig
+    from dropinf.core import CompressionConfig, CurvatureConfig, cross_entropy_per_sample
     from dropinf.engine import InfluenceEngine
-    from dropinf.losses import cross_entropy_per_sample
 
     curvature = CurvatureConfig(kind=reference_curvature(arch), damping_ratio=problem.damping_ratio)
     scores = {}

@@ -120,9 +120,8 @@ def dropinf_adapter(method: str, keep_ratio: float, mask: str = "uniform"):
 
     def adapter(problem: Problem, result: MethodResult) -> None:
         from dropinf import review
-        from dropinf.config import CompressionConfig, CurvatureConfig
+        from dropinf.core import CompressionConfig, CurvatureConfig, cross_entropy_per_sample
         from dropinf.engine import InfluenceEngine
-        from dropinf.losses import cross_entropy_per_sample
 
         compression = CompressionConfig(method=method, keep_ratio=keep_ratio, seed=0, mask=mask)
         curvature = CurvatureConfig(kind="auto", damping_ratio=problem.damping_ratio)

@@ -44,8 +44,8 @@ from torch.nn import functional
 from torch.utils.data import DataLoader, Dataset
 
 from dropinf import CompressionConfig, CurvatureConfig, InfluenceEngine
+from dropinf.core import cross_entropy_per_sample
 from dropinf.errors import ConfigError
-from dropinf.losses import cross_entropy_per_sample
 from dropinf.models import build_model
 
 IMAGE_SHAPE = (3, 32, 32)

@@ -7,7 +7,7 @@ The public API::
 
 __version__ = "0.1.0"
 
-from dropinf.config import CompressionConfig, CurvatureConfig
+from dropinf.core import CompressionConfig, CurvatureConfig
 from dropinf.engine import InfluenceEngine
 
 __all__ = ["CompressionConfig", "CurvatureConfig", "InfluenceEngine", "__version__"]

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from dropinf.config import COMPRESSION_METHODS, CURVATURE_KINDS, MASK_STRATEGIES
+from dropinf.core import COMPRESSION_METHODS, CURVATURE_KINDS, MASK_STRATEGIES
 from dropinf.errors import ConfigError, DropinfError
 
 EXIT_BAD_INPUT = 2
@@ -122,7 +122,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
 
 def recipe_from_args(args: argparse.Namespace, base: dict) -> object:
     """A TrainRecipe from ``base`` values overridden by the arguments that were given."""
-    from dropinf.train import TrainRecipe
+    from dropinf.models import TrainRecipe
 
     names = ("epochs", "lr", "batch_size", "weight_decay", "seed")
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
@@ -133,7 +133,7 @@ def run_train(args: argparse.Namespace) -> None:
     """Train a model (or the demo) and save its checkpoint."""
     from dropinf.data import load_data
     from dropinf.errors import ConfigError
-    from dropinf.train import ensure_demo_checkpoint, save_trained, train_model
+    from dropinf.models import ensure_demo_checkpoint, save_trained, train_model
 
     if args.demo:
         print(ensure_demo_checkpoint(progress=True))
@@ -190,10 +190,9 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_compute(args: argparse.Namespace) -> None:
     """Compute a run directory: compressed gradients, curvature, self-influence, test scores."""
-    from dropinf.config import CompressionConfig, CurvatureConfig
+    from dropinf.core import CompressionConfig, CurvatureConfig, cross_entropy_per_sample
     from dropinf.data import load_data
     from dropinf.engine import InfluenceEngine
-    from dropinf.losses import cross_entropy_per_sample
     from dropinf.models import check_model_fits_data, load_checkpoint
 
     compression = CompressionConfig(
@@ -245,7 +244,7 @@ def add_map_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_map(args: argparse.Namespace) -> None:
     """Compute and cache the 2-D UMAP of a run's training gradients."""
-    from dropinf.gradient_map import compute_gradient_map
+    from dropinf.dashboard import compute_gradient_map
 
     print(compute_gradient_map(args.run, whiten=not args.no_whiten, seed=args.seed))
 
@@ -272,10 +271,9 @@ def add_retrain_arguments(parser: argparse.ArgumentParser) -> None:
 def run_retrain(args: argparse.Namespace) -> None:
     """Retrain before and after the decided fixes and write the report."""
     from dropinf.data import load_data
-    from dropinf.models import load_checkpoint
+    from dropinf.models import load_checkpoint, retrain_with_fixes
     from dropinf.review import fixes_from_decisions, load_decisions
-    from dropinf.store import atomic_write_json
-    from dropinf.train import retrain_with_fixes
+    from dropinf.run import atomic_write_json
 
     checkpoint = load_checkpoint(args.model)
     saved = checkpoint.extra.get("recipe", {"arch": checkpoint.arch})

@@ -20,10 +20,12 @@ import streamlit as st
 import torch
 from streamlit.runtime.pages_manager import PagesManager
 
-from dropinf import data, models, paths, review, runs, views
-from dropinf.config import CompressionConfig, CurvatureConfig
+from dropinf import dashboard as views
+from dropinf import data, models, paths, review
+from dropinf import run as runs
+from dropinf.core import CompressionConfig, CurvatureConfig
 from dropinf.errors import DropinfError
-from dropinf.store import RunStore
+from dropinf.run import RunStore
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CONTEXT_KEY = "dropinf_context"
@@ -248,7 +250,7 @@ def adopt_prepared_demo() -> None:
     ``make run`` prepares it before the server starts, so the dashboard opens ready to use; an
     explicit choice (a loaded model, a run in the URL) always wins.
     """
-    from dropinf.train import demo_checkpoint_path
+    from dropinf.models import demo_checkpoint_path
 
     checkpoint = demo_checkpoint_path()
     prepared = checkpoint.is_file() and models.sidecar_path(checkpoint).is_file()
@@ -260,7 +262,7 @@ def adopt_prepared_demo() -> None:
 def ensure_demo() -> Context:
     """The demo context, training and caching its checkpoint on first use."""
     with st.spinner("Preparing the demo model (first use trains a small CNN)…"):
-        from dropinf.train import ensure_demo_checkpoint
+        from dropinf.models import ensure_demo_checkpoint
 
         checkpoint = ensure_demo_checkpoint()
     return Context(checkpoint=str(checkpoint), data_spec=data.DEMO_DATA_SPEC, title="demo")
@@ -419,7 +421,7 @@ def model_facts(context: Context) -> dict[str, Any]:
         ``parameters`` (int), ``layers`` (DataFrame, ``views.layer_table``), ``train_accuracy``
         and ``test_accuracy`` (floats), ``class_balance`` (DataFrame, ``views.class_balance``).
     """
-    from dropinf.train import evaluate
+    from dropinf.models import evaluate
 
     loaded, bundle = load_context(context)
     train_accuracy, _ = evaluate(loaded.model, bundle.train)
@@ -584,8 +586,8 @@ def mislabel_scores(store: RunStore) -> dict[str, np.ndarray]:
 @st.cache_resource(show_spinner="Opening the run's influence engine…", max_entries=4)
 def influence_engine(run_dir: str, context: Context) -> Any:
     """The complete run reopened for queries (nothing is recomputed)."""
+    from dropinf.core import cross_entropy_per_sample
     from dropinf.engine import InfluenceEngine
-    from dropinf.losses import cross_entropy_per_sample
 
     loaded, _ = load_context(context)
     return InfluenceEngine.load(run_dir, loaded.model, cross_entropy_per_sample, device="cpu")

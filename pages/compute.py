@@ -8,8 +8,9 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from dropinf import runs, views
-from dropinf.config import COMPRESSION_METHODS, CURVATURE_KINDS, CompressionConfig, CurvatureConfig
+from dropinf import dashboard as views
+from dropinf import run as runs
+from dropinf.core import COMPRESSION_METHODS, CURVATURE_KINDS, CompressionConfig, CurvatureConfig
 from dropinf.errors import DropinfError
 from pages import _shared as ui
 

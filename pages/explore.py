@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from dropinf import views
+from dropinf import dashboard as views
 from dropinf.data import DatasetBundle
 from dropinf.errors import DropinfError
-from dropinf.store import RunStore
+from dropinf.run import RunStore
 from pages import _shared as ui
 
 MODES = ["By index", "By class", "Misclassified only", "Upload an image"]

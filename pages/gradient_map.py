@@ -8,10 +8,12 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from dropinf import gradient_map, review, views
+from dropinf import dashboard as gradient_map
+from dropinf import dashboard as views
+from dropinf import review
 from dropinf.data import DatasetBundle
 from dropinf.errors import DropinfError
-from dropinf.store import RunStore
+from dropinf.run import RunStore
 from pages import _shared as ui
 
 COLOURS = ["Given label", "Predicted label", "Self-influence", "Review status"]

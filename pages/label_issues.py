@@ -8,10 +8,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dropinf import evaluate, review, views
+from dropinf import dashboard as views
+from dropinf import metrics as evaluate
+from dropinf import review
 from dropinf.data import DatasetBundle
 from dropinf.errors import DropinfError
-from dropinf.store import RunStore
+from dropinf.run import RunStore
 from pages import _shared as ui
 
 RETRAIN_SEEDS = 3

@@ -32,7 +32,7 @@ from torch import nn
 
 from dropinf import paths
 from dropinf.cli import main
-from dropinf.config import CompressionConfig, CurvatureConfig
+from dropinf.core import CompressionConfig, CurvatureConfig, cross_entropy_per_sample
 from dropinf.data import SPEC_OPTIONS, load_data, parse_spec, safe_unpickle
 from dropinf.engine import InfluenceEngine
 from dropinf.errors import (
@@ -48,10 +48,16 @@ from dropinf.errors import (
     UnknownArchitectureError,
     UnsafeCheckpointError,
 )
-from dropinf.losses import cross_entropy_per_sample
-from dropinf.models import build_model, load_checkpoint, save_checkpoint, sidecar_path
+from dropinf.models import (
+    TrainRecipe,
+    build_model,
+    load_checkpoint,
+    retrain_with_fixes,
+    save_checkpoint,
+    sidecar_path,
+    train_model,
+)
 from dropinf.review import decide, export_json
-from dropinf.train import TrainRecipe, retrain_with_fixes, train_model
 
 MLP_ARGS = {"input_dim": 64, "num_classes": 10, "hidden_sizes": [8]}
 HUGE = 2**44

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dropinf.cli import main
-from dropinf.store import RunStore
+from dropinf.run import RunStore
 
 TINY_TRAIN = ["--arch", "mlp", "--arch-args", '{"hidden_sizes": [16]}', "--epochs", "2"]
 

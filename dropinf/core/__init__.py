@@ -1,0 +1,89 @@
+"""The math of dropout-compressed influence, with no files and no user interface.
+
+Configs (one dataclass per stage), the capture of per-sample compressed gradients (hooks on
+Linear / Conv2d, ``vmap`` for the rest), the compressors (dropout masks and the baselines at equal
+k), the compressors a run calibrates, the curvature kinds (full, block, kfac, ekfac, identity) and
+the loss functions. May import only torch, numpy and ``dropinf.errors``; everything else in
+dropinf builds on it.
+"""
+
+from __future__ import annotations
+
+from dropinf.core.calibration import batch_to, build_run_compressors
+from dropinf.core.capture import (
+    CapturedBatch,
+    CaptureLayout,
+    GradientCapture,
+    KroneckerStats,
+    LossFn,
+    calibrate_unit_energy,
+    discover_layers,
+    factored_spec,
+    gather_units,
+    write_layer,
+)
+from dropinf.core.compress import (
+    LayerCompressor,
+    LayerSpec,
+    UnitEnergy,
+    build_compressor,
+    compressed_size,
+    energy_split,
+    mask_indices,
+    restore_mask_compressor,
+)
+from dropinf.core.config import (
+    COMPRESSION_METHODS,
+    CURVATURE_KINDS,
+    DEFAULT_MAX_KEPT_UNITS,
+    MASK_STRATEGIES,
+    CompressionConfig,
+    CurvatureConfig,
+)
+from dropinf.core.curvature import (
+    BlockStatistics,
+    Curvature,
+    LowRankBlock,
+    cholesky_block,
+    curvature_flops,
+    fit_curvature,
+    low_rank_block,
+)
+from dropinf.core.losses import cross_entropy_per_sample
+
+__all__ = [
+    "COMPRESSION_METHODS",
+    "CURVATURE_KINDS",
+    "DEFAULT_MAX_KEPT_UNITS",
+    "MASK_STRATEGIES",
+    "BlockStatistics",
+    "CaptureLayout",
+    "CapturedBatch",
+    "CompressionConfig",
+    "Curvature",
+    "CurvatureConfig",
+    "GradientCapture",
+    "KroneckerStats",
+    "LayerCompressor",
+    "LayerSpec",
+    "LossFn",
+    "LowRankBlock",
+    "UnitEnergy",
+    "batch_to",
+    "build_compressor",
+    "build_run_compressors",
+    "calibrate_unit_energy",
+    "cholesky_block",
+    "compressed_size",
+    "cross_entropy_per_sample",
+    "curvature_flops",
+    "discover_layers",
+    "energy_split",
+    "factored_spec",
+    "fit_curvature",
+    "gather_units",
+    "low_rank_block",
+    "mask_indices",
+    "restore_mask_compressor",
+    "write_layer",
+]
