@@ -9,29 +9,10 @@ dropinf builds on it.
 
 from __future__ import annotations
 
+from dropinf.core.budget import compressed_size
 from dropinf.core.calibration import batch_to, build_run_compressors
-from dropinf.core.capture import (
-    CapturedBatch,
-    CaptureLayout,
-    GradientCapture,
-    KroneckerStats,
-    LossFn,
-    calibrate_unit_energy,
-    discover_layers,
-    factored_spec,
-    gather_units,
-    write_layer,
-)
-from dropinf.core.compress import (
-    LayerCompressor,
-    LayerSpec,
-    UnitEnergy,
-    build_compressor,
-    compressed_size,
-    energy_split,
-    mask_indices,
-    restore_mask_compressor,
-)
+from dropinf.core.capture import CapturedBatch, GradientCapture, LossFn, calibrate_unit_energy
+from dropinf.core.compress import LayerCompressor, UnitEnergy
 from dropinf.core.config import (
     COMPRESSION_METHODS,
     CURVATURE_KINDS,
@@ -49,7 +30,12 @@ from dropinf.core.curvature import (
     fit_curvature,
     low_rank_block,
 )
+from dropinf.core.factory import build_compressor, restore_mask_compressor
+from dropinf.core.kronecker import KroneckerStats
+from dropinf.core.layer_ops import gather_units, write_layer
+from dropinf.core.layout import CaptureLayout, LayerSpec, discover_layers, factored_spec
 from dropinf.core.losses import cross_entropy_per_sample
+from dropinf.core.masks import energy_split, mask_indices
 
 __all__ = [
     "COMPRESSION_METHODS",

@@ -13,9 +13,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dropinf.core.capture import CaptureLayout, LossFn, calibrate_unit_energy
-from dropinf.core.compress import LayerCompressor, build_compressor
+from dropinf.core.capture import LossFn, calibrate_unit_energy
+from dropinf.core.compress import LayerCompressor
 from dropinf.core.config import CompressionConfig
+from dropinf.core.factory import build_compressor
+from dropinf.core.layout import CaptureLayout
 
 
 def batch_to(batch: Sequence[torch.Tensor], device: torch.device, dtype: torch.dtype) -> list:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dropinf.core.capture import KroneckerStats
 from dropinf.core.config import CurvatureConfig
 from dropinf.core.kfac import (
     DiagonalBlock,
@@ -32,6 +31,7 @@ from dropinf.core.kfac import (
     kronecker_flops,
     shard_chunks,
 )
+from dropinf.core.kronecker import KroneckerStats
 from dropinf.errors import ConfigError, NonFiniteError
 
 KRONECKER_KINDS = ("kfac", "ekfac")

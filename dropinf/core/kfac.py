@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dropinf.core.capture import KroneckerStats
 from dropinf.core.config import CurvatureConfig
+from dropinf.core.kronecker import KroneckerStats
 from dropinf.errors import ConfigError
 
 CHUNK_ROWS = 4096
