@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._shared import adopt_prepared_demo, render_sidebar, setup_page, sync_run_with_url
+from pages._state import adopt_prepared_demo, sync_run_with_url
+from pages._widgets import render_sidebar, setup_page, show_error
 
 PAGES = [
     st.Page("pages/load.py", title="Load", icon=":material/upload:", url_path="load", default=True),
@@ -29,7 +30,7 @@ PAGES = [
 def main() -> None:
     """Set up the page, sync the URL, open on the demo if prepared, run the chosen page."""
     setup_page()
-    sync_run_with_url()
+    show_error(sync_run_with_url())
     adopt_prepared_demo()
     page = st.navigation(PAGES)
     render_sidebar()

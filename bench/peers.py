@@ -20,289 +20,40 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import Subset
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path[:0] = [str(BENCH), str(ROOT)]
+if str(ROOT) not in sys.path:  # run as a script; the peers venv does not install dropinf
+    sys.path.insert(0, str(ROOT))
 
-from peers_measure import MethodResult  # noqa: E402
-from peers_methods import (  # noqa: E402
-    Problem,
-    captum_arnoldi_adapter,
-    captum_tracin_adapter,
-    cleanlab_adapter,
-    dattri_block_adapter,
-    dattri_if_adapter,
-    dattri_trak_adapter,
-    dropinf_adapter,
-    kronfluence_adapter,
-    run_method,
-    traker_adapter,
+from bench.adapters import MethodResult, Problem, run_method  # noqa: E402
+from bench.lds import SubsetOutputs, lds_subset_outputs  # noqa: E402
+from bench.peers_setting import (  # noqa: E402
+    CACHE,
+    FULL,
+    SMOKE,
+    Size,
+    load_setting,
+    make_recipe,
+    train,
 )
+from bench.peers_table import (  # noqa: E402
+    Method,
+    choose_damping,
+    fidelity_pair,
+    method_table,
+    report_lds,
+)
+from dropinf import metrics  # noqa: E402
+from dropinf.data import DatasetBundle  # noqa: E402
+from dropinf.models import TrainRecipe  # noqa: E402
 
-from dropinf import metrics as evaluate  # noqa: E402
-from dropinf.data import DatasetBundle, Split, load_data  # noqa: E402
-from dropinf.models import arch_args_for_data  # noqa: E402
-
-CACHE = BENCH / ".cache"
 THREADS = 2
-KEEP_RATIO = 0.25
-DAMPING_GRID = (0.01, 0.1, 1.0)
 HEAVY_SEED = 0  # the noise seed heavy methods run on
-SELECTION_TESTS = 250  # held-out (even-indexed) test examples each method's damping is chosen on
-SHIFTS = ((0, 0), (0, 1), (1, 0), (0, -1), (-1, 0))
-
-
-@dataclass(frozen=True)
-class Size:
-    """How big one run of the benchmark is.
-
-    Attributes:
-        replicas: Copies of each digits image (original + 1-pixel shifts), train and test.
-        n_train: Training examples kept (the originals first, then shifted copies).
-        n_test: Test examples scored.
-        archs: Architectures.
-        noise_kinds: Label-noise kinds.
-        seeds: Noise seeds.
-        lds_subsets: Retrained subsets for LDS (every setting; 0: no LDS).
-        epochs: Training epochs of the recipe.
-        method_timeout_s: A method still running after this is stopped and reported as such.
-        damping_grid: The shared damping ratios every damped method chooses from.
-        extra_keep_ratios: More dropinf dropout rows, at these keep ratios (peers keep the k of
-            keep 0.25).
-    """
-
-    replicas: int
-    n_train: int | None
-    n_test: int
-    archs: tuple[str, ...]
-    noise_kinds: tuple[str, ...]
-    seeds: tuple[int, ...]
-    lds_subsets: int
-    epochs: int
-    method_timeout_s: int
-    damping_grid: tuple[float, ...] = DAMPING_GRID
-    extra_keep_ratios: tuple[float, ...] = ()
-
-
-FULL = Size(
-    3,
-    2000,
-    1000,
-    ("mlp", "small_cnn"),
-    ("symmetric", "class_conditional"),
-    (0, 1, 2),
-    50,
-    8,
-    240,
-)
-SMOKE = Size(1, 300, 40, ("mlp",), ("symmetric",), (0,), 6, 5, 120)
-
-
-# ------------------------------------------------------------------------------------ data
-
-
-def augmented_digits(replicas: int) -> Path:
-    """Write (once) digits with each image repeated as 1-pixel shifts, train and test apart.
-
-    The embedded digits have 1 437 training and 360 test images; shifting each image by one
-    pixel (up / down / left / right) gives ``replicas`` distinct copies, so timings are not
-    dominated by start-up. Train and test copies come from different originals.
-    """
-    path = CACHE / f"digits-x{replicas}.npz"
-    if path.exists():
-        return path
-    base = load_data("digits")
-    arrays = {}
-    for name, split in (("", base.train), ("_test", base.test)):
-        images = np.concatenate([_shift(split.inputs.numpy(), *s) for s in SHIFTS[:replicas]])
-        arrays["x" + name] = images
-        arrays["y" + name] = np.tile(split.labels.numpy(), replicas)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    np.savez(path, class_names=np.array(base.class_names), **arrays)
-    return path
-
-
-def _shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    shifted = np.roll(images, (dy, dx), axis=(2, 3))
-    if dy:
-        shifted[:, :, 0 if dy > 0 else -1, :] = 0.0
-    if dx:
-        shifted[:, :, :, 0 if dx > 0 else -1] = 0.0
-    return shifted
-
-
-def load_setting(size: Size, kind: str, seed: int) -> DatasetBundle:
-    """The noisy bundle of one setting (10 % noise), cut to the size's train / test counts."""
-    bundle = load_data(f"{augmented_digits(size.replicas)}:noise=0.1,kind={kind},seed={seed}")
-    if size.n_train is not None and size.n_train < len(bundle.train):
-        bundle = bundle.with_fixes(removals=range(size.n_train, len(bundle.train)), relabels={})
-    test = Split(bundle.test.inputs[: size.n_test], bundle.test.labels[: size.n_test])
-    return replace(bundle, test=test)
-
-
-# ---------------------------------------------------------------------------------- training
-
-
-def make_recipe(arch: str, bundle: DatasetBundle, epochs: int):
-    """The one training recipe of an architecture (used for the checkpoint, LDS and cleanlab)."""
-    from dropinf.models import TrainRecipe
-
-    arch_args = arch_args_for_data(arch, bundle.input_shape, bundle.num_classes)
-    return TrainRecipe(
-        arch=arch,
-        arch_args=arch_args,
-        epochs=epochs,
-        lr=1e-3,
-        batch_size=64,
-        weight_decay=1e-4,
-        seed=0,
-    )
-
-
-def train(recipe, bundle: DatasetBundle) -> torch.nn.Module:
-    """Train the recipe on a bundle; the model comes back in eval mode."""
-    from dropinf.models import train_model
-
-    return train_model(recipe, bundle, progress=False).model.eval()
-
-
-def fold_trainer(recipe, bundle: DatasetBundle):
-    """A function training the recipe on the training examples of a boolean mask."""
-
-    def train_on(mask: np.ndarray) -> torch.nn.Module:
-        return train(recipe, bundle.with_fixes(np.flatnonzero(~mask).tolist(), {}))
-
-    return train_on
-
-
-# ---------------------------------------------------------------------------------- methods
-
-
-@dataclass(frozen=True)
-class Method:
-    """A row of the table.
-
-    Attributes:
-        adapter: The method's adapter.
-        damped: It takes the shared damping grid (chosen on noise seed 0 of each architecture ×
-            noise kind, reused on the other seeds).
-        heavy: It runs on noise seed 0 only (minutes per setting on 2 cores).
-    """
-
-    adapter: Callable[[Problem, MethodResult], None]
-    damped: bool = False
-    heavy: bool = False
-
-
-def method_table(
-    dropinf_only: bool, recipe, bundle: DatasetBundle, extra_keep: tuple[float, ...] = ()
-) -> dict[str, Method]:
-    """Method label -> method, in table order (dropinf dropout first: it fixes k)."""
-    methods = {
-        "dropinf dropout": Method(dropinf_adapter("dropout", KEEP_RATIO, "uniform"), True),
-        "dropinf dropout (energy mask)": Method(
-            dropinf_adapter("dropout", KEEP_RATIO, "energy"), True
-        ),
-    }
-    for keep in extra_keep:
-        adapter = dropinf_adapter("dropout", keep, "uniform")
-        methods[f"dropinf dropout (keep {keep})"] = Method(adapter, damped=True)
-    if dropinf_only:
-        return methods
-    methods |= {
-        "TRAK (traker)": Method(traker_adapter, damped=True),
-        "dattri TRAK": Method(dattri_trak_adapter),  # its λ is not reachable: 0
-        "dattri LoGra": Method(dattri_block_adapter("logra"), damped=True),
-        "dattri FactGraSS": Method(dattri_block_adapter("factgrass"), damped=True),
-        "dattri IF (Arnoldi)": Method(dattri_if_adapter("arnoldi"), damped=True),
-        "dattri IF (DataInf)": Method(dattri_if_adapter("datainf"), damped=True, heavy=True),
-        "dattri IF (explicit)": Method(dattri_if_adapter("explicit")),
-        "Kronfluence EK-FAC": Method(kronfluence_adapter, damped=True),
-        "captum TracInCP": Method(captum_tracin_adapter),
-        "captum IF (Arnoldi)": Method(captum_arnoldi_adapter, damped=True, heavy=True),
-        "cleanlab": Method(cleanlab_adapter(fold_trainer(recipe, bundle))),
-    }
-    return methods
-
-
-def reference_curvature(arch: str) -> str:
-    """Curvature used for the fidelity pair (dropout vs identity at the same curvature).
-
-    The MLP's 9 610 parameters allow the exact full Fisher; the CNN's 151 k do not, so its
-    fidelity pair uses the identity curvature (gradient similarity) on both sides.
-    """
-    return "full" if arch == "mlp" else "identity"
-
-
-def fidelity_pair(problem: Problem, arch: str) -> tuple[dict[str, float], np.ndarray]:
-    """Fidelity of dropout against identity compression at the same curvature and damping.
-
-    Returns:
-        The fidelity report (plus the curvature used) and the exact (identity) scores.
-    """
-    from dropinf.core import CompressionConfig, CurvatureConfig, cross_entropy_per_sample
-    from dropinf.engine import InfluenceEngine
-
-    curvature = CurvatureConfig(kind=reference_curvature(arch), damping_ratio=problem.damping_ratio)
-    scores = {}
-    for method in ("dropout", "identity"):
-        compression = CompressionConfig(
-            method=method, keep_ratio=KEEP_RATIO, seed=0, mask="uniform"
-        )
-        engine = InfluenceEngine(problem.model, cross_entropy_per_sample, compression, curvature)
-        scores[method] = engine.fit(problem.train).pairwise_scores(problem.test).numpy()
-    report = evaluate.fidelity(scores["dropout"], scores["identity"], top=10).to_dict()
-    report["curvature"] = curvature.kind
-    return report, scores["identity"]
-
-
-def selection_rows(n_test: int) -> np.ndarray:
-    """The held-out test examples damping is chosen on: the first even-indexed ones."""
-    return np.arange(0, n_test, 2)[:SELECTION_TESTS]
-
-
-def choose_damping(
-    name: str,
-    method: Method,
-    problem: Problem,
-    subsets: evaluate.SubsetOutputs,
-    timeout_s: int,
-    grid: tuple[float, ...] = DAMPING_GRID,
-) -> tuple[float, MethodResult | None]:
-    """The grid ratio with the best LDS on the held-out (even-indexed) test examples.
-
-    Returns:
-        The ratio, and the failed run if the method failed on the held-out examples.
-    """
-    rows = selection_rows(len(problem.test))
-    held_out = replace(problem, test=Subset(problem.test, rows.tolist()))
-    best, best_lds = grid[0], -np.inf
-    for ratio in grid:
-        result = run_method(name, method.adapter, replace(held_out, damping_ratio=ratio), timeout_s)
-        if result.error is not None:
-            return ratio, result
-        margins = subsets.margins[:, rows]
-        lds = evaluate.linear_datamodeling_score(result.scores, subsets.masks, margins).lds
-        if lds > best_lds:
-            best, best_lds = ratio, lds
-    return best, None
-
-
-def report_lds(scores: np.ndarray, subsets: evaluate.SubsetOutputs) -> float:
-    """LDS on the odd-indexed test examples (the even ones choose the damping)."""
-    rows = np.arange(1, scores.shape[0], 2)
-    report = evaluate.linear_datamodeling_score(
-        scores[rows], subsets.masks, subsets.margins[:, rows]
-    )
-    return report.lds
 
 
 # ---------------------------------------------------------------------------------- settings
@@ -431,9 +182,9 @@ def _run_chosen(
     return run_method(name, method.adapter, chosen, timeout_s=size.method_timeout_s), ratio
 
 
-def _subset_outputs(size: Size, recipe, bundle: DatasetBundle) -> evaluate.SubsetOutputs:
+def _subset_outputs(size: Size, recipe: TrainRecipe, bundle: DatasetBundle) -> SubsetOutputs:
     start = time.perf_counter()
-    outputs = evaluate.lds_subset_outputs(
+    outputs = lds_subset_outputs(
         recipe, bundle, n_subsets=size.lds_subsets, fraction=0.5, seed=0, cache_dir=CACHE
     )
     print(f"  LDS subsets ready in {time.perf_counter() - start:.1f}s", flush=True)
@@ -458,15 +209,15 @@ def _method_row(
     if result.error is not None or result.skipped:
         return row
     if result.suspicion is not None:
-        report = evaluate.detection_report(result.suspicion, bundle.noisy_mask)
+        report = metrics.detection_report(result.suspicion, bundle.noisy_mask)
         row["auc"], row["recall_10"] = report.auc, report.recall_at_share[0.1]
     self_influence = result.self_influence
     if self_influence is None and result.scores is not None:
         self_influence = result.suspicion  # an influence method detects by self-influence
     if self_influence is not None:
-        row["auc_self_influence"] = evaluate.roc_auc(self_influence, bundle.noisy_mask)
+        row["auc_self_influence"] = metrics.roc_auc(self_influence, bundle.noisy_mask)
     if result.scores is not None:
-        row["agreement_exact"] = evaluate.fidelity(result.scores, exact).spearman
+        row["agreement_exact"] = metrics.fidelity(result.scores, exact).spearman
         if subsets is not None:
             row["lds"] = report_lds(result.scores, subsets)
     return row
@@ -549,7 +300,7 @@ def write_results(
         settings: The settings this run computed.
         earlier: The ``--keep-from`` results, read once; their other settings are kept.
     """
-    from peers_report import write_plot, write_report
+    from bench.peers_report import write_plot, write_report
 
     commands = [sys.argv]
     if earlier is not None:

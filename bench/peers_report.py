@@ -227,7 +227,7 @@ METHOD_NOTES = """## How it is measured
   `bench/.cache/lds-<key>.npz` by recipe + data fingerprint + subset seed), correct-class margin
   as the output, Spearman per test example averaged; every setting, both architectures.
 - **Detection**: each method's own detector against the ground-truth flip mask: ROC AUC and
-  recall when 10 % of the training set is inspected (`dropinf.evaluate`). dropinf ranks by the
+  recall when 10 % of the training set is inspected (`dropinf.metrics`). dropinf ranks by the
   influence-estimated leave-one-out loss `loss + self-influence / N` (`dropinf.review`, the
   dashboard's queue order); the influence peers by self-influence; cleanlab by 1 − label quality
   from 5-fold cross-validated probabilities. `AUC self-infl.` is plain self-influence for every

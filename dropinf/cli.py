@@ -4,6 +4,10 @@ Sub-commands: ``train`` (a registry model, or the demo), ``compute`` (a run dire
 dashboard opens), ``map`` (the UMAP of a run's gradients) and ``retrain`` (test accuracy before
 and after label fixes). Bad input ends a command with its message and exit status 2, never a
 traceback.
+
+This module is also the one place that builds command lines for background jobs
+(``compute_command``, ``map_command``, ``retrain_command``): what they spell, the parser reads
+back unchanged, and the defaults of both come from the configs.
 """
 
 from __future__ import annotations
@@ -14,11 +18,25 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from dropinf.core import COMPRESSION_METHODS, CURVATURE_KINDS, MASK_STRATEGIES
+from dropinf.core import (
+    COMPRESSION_METHODS,
+    CURVATURE_KINDS,
+    MASK_STRATEGIES,
+    CompressionConfig,
+    CurvatureConfig,
+)
 from dropinf.errors import ConfigError, DropinfError
+from dropinf.run import DECISIONS_FILE, RETRAIN_REPORT_FILE, RunRequest
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+COMPRESSION_DEFAULTS = CompressionConfig()
+CURVATURE_DEFAULTS = CurvatureConfig()
+# Config fields `compute` has no option for: a request must leave them at their defaults.
+FIXED_COMPRESSION_FIELDS = ("layer_keep_ratios", "calibration_batches")
+FIXED_CURVATURE_FIELDS = ("damping_ratio", "max_full_dim")
+NO_CAP = "none"
+DEFAULT_MAP_SEED = 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,6 +84,22 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, found {text}")
     return value
+
+
+def kept_units(text: str) -> int | None:
+    """An argparse type: a positive integer, or ``none`` for no cap.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is neither (argparse prints it and exits 2).
+    """
+    if text.strip().lower() == NO_CAP:
+        return None
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or {NO_CAP}, found {text}"
+        ) from None
 
 
 def device_name(text: str) -> str:
@@ -158,25 +192,39 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data", required=True, help="dataset spec (see `train --help`)")
     parser.add_argument("--out", required=True, type=Path, help="run directory to write")
-    parser.add_argument("--method", default="dropout", choices=COMPRESSION_METHODS)
+    parser.add_argument(
+        "--method", default=COMPRESSION_DEFAULTS.method, choices=COMPRESSION_METHODS
+    )
     parser.add_argument(
         "--keep-ratio",
         type=float,
-        default=0.25,
+        default=COMPRESSION_DEFAULTS.keep_ratio,
         help="share of each layer's input and output units kept (0, 1]",
     )
     parser.add_argument(
-        "--mask", default="energy", choices=MASK_STRATEGIES, help="how dropout picks kept units"
+        "--mask",
+        default=COMPRESSION_DEFAULTS.mask,
+        choices=MASK_STRATEGIES,
+        help="how dropout picks kept units",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of masks and projections")
-    parser.add_argument("--curvature", default="auto", choices=CURVATURE_KINDS)
+    parser.add_argument(
+        "--seed", type=int, default=COMPRESSION_DEFAULTS.seed, help="seed of masks and projections"
+    )
+    parser.add_argument(
+        "--max-kept-units",
+        type=kept_units,
+        default=COMPRESSION_DEFAULTS.max_kept_units,
+        help="at most this many kept output units and input columns per layer, or "
+        f"{NO_CAP} for no cap (default {COMPRESSION_DEFAULTS.max_kept_units})",
+    )
+    parser.add_argument("--curvature", default=CURVATURE_DEFAULTS.kind, choices=CURVATURE_KINDS)
     parser.add_argument(
         "--damping",
         type=float,
-        default=None,
+        default=CURVATURE_DEFAULTS.damping,
         help="λ added to the Fisher diagonal (default 0.1 · mean diag F)",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=256)
+    parser.add_argument("--batch-size", type=positive_int, default=RunRequest.batch_size)
     add_device_argument(parser)
     parser.add_argument(
         "--no-test-scores", action="store_true", help="skip scoring the dataset's test split"
@@ -190,15 +238,12 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_compute(args: argparse.Namespace) -> None:
     """Compute a run directory: compressed gradients, curvature, self-influence, test scores."""
-    from dropinf.core import CompressionConfig, CurvatureConfig, cross_entropy_per_sample
+    from dropinf.core import cross_entropy_per_sample
     from dropinf.data import load_data
     from dropinf.engine import InfluenceEngine
     from dropinf.models import check_model_fits_data, load_checkpoint
 
-    compression = CompressionConfig(
-        method=args.method, keep_ratio=args.keep_ratio, seed=args.seed, mask=args.mask
-    )
-    curvature = CurvatureConfig(kind=args.curvature, damping=args.damping)
+    request = compute_request(args)
     checkpoint = load_checkpoint(args.model)
     bundle = load_data(args.data)
     check_model_fits_data(checkpoint.model, bundle)
@@ -213,21 +258,153 @@ def run_compute(args: argparse.Namespace) -> None:
     engine = InfluenceEngine(
         checkpoint.model,
         cross_entropy_per_sample,
-        compression,
-        curvature,
+        request.compression,
+        request.curvature,
         run_dir=args.out,
-        device=args.device,
+        device=request.device,
         overwrite=args.overwrite,
         provenance=provenance,
         show_progress=True,
     )
     test = None if args.no_test_scores else bundle.test
-    engine.fit(bundle.train, args.batch_size, test, data_fingerprint=bundle.fingerprint)
+    engine.fit(bundle.train, request.batch_size, test, data_fingerprint=bundle.fingerprint)
     manifest = engine.store.read_manifest()
     summary = {
         key: manifest[key] for key in ("status", "k", "n_train", "curvature_kind", "damping")
     }
     print(json.dumps({"run_dir": str(args.out), **summary}, indent=2))
+
+
+def compute_request(args: argparse.Namespace) -> RunRequest:
+    """The run request that parsed ``compute`` arguments ask for.
+
+    Without ``--device``, the device is the one the engine would pick (CUDA when present).
+
+    Raises:
+        ConfigError: A config value is out of range (e.g. ``--keep-ratio 2``).
+    """
+    from dropinf.engine import resolve_device
+
+    compression = CompressionConfig(
+        method=args.method,
+        keep_ratio=args.keep_ratio,
+        seed=args.seed,
+        mask=args.mask,
+        max_kept_units=args.max_kept_units,
+    )
+    return RunRequest(
+        checkpoint=args.model,
+        data_spec=args.data,
+        compression=compression,
+        curvature=CurvatureConfig(kind=args.curvature, damping=args.damping),
+        device=args.device if args.device is not None else str(resolve_device(None)),
+        batch_size=args.batch_size,
+    )
+
+
+def compute_command(request: RunRequest, run_dir: str | Path) -> list[str]:
+    """The CLI command that computes (or resumes) a request's run.
+
+    Args:
+        request: The run request.
+        run_dir: Where the run is written.
+
+    Returns:
+        An argv list starting with ``sys.executable -m dropinf compute``; ``compute_request``
+        of its parsed arguments is ``request``.
+
+    Raises:
+        ConfigError: The request sets an option the CLI cannot pass on (the job would compute
+            a different run than its key names).
+    """
+    compression, curvature = request.compression, request.curvature
+    _check_expressible(compression, curvature)
+    cap = compression.max_kept_units
+    options = {
+        "--model": str(request.checkpoint),
+        "--data": request.data_spec,
+        "--method": compression.method,
+        "--keep-ratio": repr(compression.keep_ratio),
+        "--mask": compression.mask,
+        "--seed": str(compression.seed),
+        "--max-kept-units": NO_CAP if cap is None else str(cap),
+        "--curvature": curvature.kind,
+        "--batch-size": str(request.batch_size),
+        "--device": request.device,
+        "--out": str(run_dir),
+    }
+    if curvature.damping is not None:
+        options["--damping"] = repr(curvature.damping)
+    return [sys.executable, "-m", "dropinf", "compute", *_spell(options)]
+
+
+def _check_expressible(compression: CompressionConfig, curvature: CurvatureConfig) -> None:
+    for config, defaults, names in (
+        (compression, COMPRESSION_DEFAULTS, FIXED_COMPRESSION_FIELDS),
+        (curvature, CURVATURE_DEFAULTS, FIXED_CURVATURE_FIELDS),
+    ):
+        for name in names:
+            default = getattr(defaults, name)
+            if getattr(config, name) != default:
+                raise ConfigError(
+                    f"`python -m dropinf compute` has no option for {name}; expected the default "
+                    f"{default!r}, found {getattr(config, name)!r}"
+                )
+
+
+def map_command(
+    run_dir: str | Path, whiten: bool = True, seed: int = DEFAULT_MAP_SEED
+) -> list[str]:
+    """The CLI command that computes a run's gradient map in a background job.
+
+    Start it with ``JobRunner.start(map_command(run_dir), run_dir, name=MAP_JOB)``.
+
+    Args:
+        run_dir: A complete run directory.
+        whiten: Map the curvature-whitened gradients (else the raw ones).
+        seed: The UMAP seed.
+
+    Returns:
+        An argv list starting with ``sys.executable -m dropinf map``.
+    """
+    command = [sys.executable, "-m", "dropinf", "map"]
+    command += _spell({"--run": str(run_dir), "--seed": str(seed)})
+    return command if whiten else [*command, "--no-whiten"]
+
+
+def retrain_command(
+    checkpoint: str | Path, data_spec: str, run_dir: str | Path, seeds: int
+) -> list[str]:
+    """The CLI command retraining with a run's decisions applied, over several seeds.
+
+    Args:
+        checkpoint: The model checkpoint the run was computed from.
+        data_spec: Its dataset spec.
+        run_dir: The run holding ``decisions.json``; the report goes next to it.
+        seeds: Training seeds before and after the fixes.
+
+    Returns:
+        An argv list starting with ``sys.executable -m dropinf retrain``.
+    """
+    options = {
+        "--model": str(checkpoint),
+        "--data": data_spec,
+        "--decisions": str(Path(run_dir) / DECISIONS_FILE),
+        "--seeds": str(seeds),
+        "--out": str(Path(run_dir) / RETRAIN_REPORT_FILE),
+    }
+    return [sys.executable, "-m", "dropinf", "retrain", *_spell(options)]
+
+
+def _spell(options: dict[str, str]) -> list[str]:
+    """``--name value`` per option; ``--name=value`` when the value starts with a dash.
+
+    argparse takes a separate token starting with ``-`` for an option, never for a value.
+    """
+    argv: list[str] = []
+    for name, value in options.items():
+        argv += [f"{name}={value}"] if value.startswith("-") else [name, value]
+    return argv
 
 
 # ------------------------------------------------------------------------------ map
@@ -239,7 +416,7 @@ def add_map_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="map the raw compressed gradients, not the curvature-whitened ones",
     )
-    parser.add_argument("--seed", type=int, default=0, help="UMAP seed")
+    parser.add_argument("--seed", type=int, default=DEFAULT_MAP_SEED, help="UMAP seed")
 
 
 def run_map(args: argparse.Namespace) -> None:

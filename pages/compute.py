@@ -10,9 +10,12 @@ import torch
 
 from dropinf import dashboard as views
 from dropinf import run as runs
+from dropinf.cli import compute_command
 from dropinf.core import COMPRESSION_METHODS, CURVATURE_KINDS, CompressionConfig, CurvatureConfig
 from dropinf.errors import DropinfError
-from pages import _shared as ui
+from pages import _cache as cache
+from pages import _state as state
+from pages import _widgets as ui
 
 
 def compression_form() -> CompressionConfig:
@@ -82,11 +85,11 @@ def device_choice() -> str:
 
 
 def estimate_panel(
-    context: ui.Context, compression: CompressionConfig, curvature: CurvatureConfig
+    context: state.Context, compression: CompressionConfig, curvature: CurvatureConfig
 ) -> None:
     """The resulting k, store size and a time estimate for the chosen config."""
     try:
-        estimate = ui.run_estimate(context, compression, curvature)
+        estimate = cache.run_estimate(context, compression, curvature)
     except DropinfError as error:
         ui.show_error(error)
         return
@@ -104,11 +107,11 @@ def estimate_panel(
 def start(request: runs.RunRequest, run_dir: Path) -> None:
     """Start (or resume) the compute job of a request and make its run current."""
     try:
-        ui.job_runner().start(runs.compute_command(request, run_dir), run_dir)
+        cache.job_runner().start(compute_command(request, run_dir), run_dir)
     except DropinfError as error:
         ui.show_error(error)
         return
-    ui.select_run(run_dir.name)
+    ui.show_error(state.select_run(run_dir.name))
 
 
 PHASES = {
@@ -121,47 +124,20 @@ PHASES = {
 }
 
 
-def progress_text(status: runs.JobStatus) -> str:
-    """The progress bar's label: the phase in words, and examples done when counted."""
-    phase = PHASES.get(status.phase, "Starting the job")
-    counted = status.total > 1
-    return f"{phase}: {status.done:,} / {status.total:,}" if counted else f"{phase}…"
-
-
-@st.fragment(run_every=1.0)
-def progress_panel(run_dir: Path) -> None:
-    """Live progress of a run's job, with Cancel; reruns the page when the job ends."""
-    status = ui.job_runner().status(run_dir)
-    if status.state not in ("queued", "running"):
-        if st.session_state.get("watching") == run_dir.name:
-            st.session_state.pop("watching")
-            st.rerun()
-        return
-    st.session_state["watching"] = run_dir.name
-    st.progress(status.fraction, text=progress_text(status))
-    cols = st.columns([1, 1, 1])
-    speed = f"{status.examples_per_s:,.0f}" if status.examples_per_s else "—"
-    cols[0].metric("Examples / s", speed)
-    cols[1].metric("ETA", views.human_seconds(status.eta_s) if status.eta_s is not None else "—")
-    if cols[2].button("Cancel", icon=":material/stop_circle:", key="cancel"):
-        ui.job_runner().cancel(run_dir)
-        st.rerun()
-
-
 def run_panel(request: runs.RunRequest, run_dir: Path) -> None:
     """What the run of this config is doing: finished (reuse), running, stopped, or absent."""
-    status = ui.job_runner().status(run_dir)
+    status = cache.job_runner().status(run_dir)
     st.caption(f"Run key `{run_dir.name}` (model + data + config, content-addressed)")
     if status.state == "complete":
         st.success(
             "This model, data and configuration already ran: its results are reused.",
             icon=":material/check_circle:",
         )
-        if st.session_state.get(ui.RUN_KEY) != run_dir.name:
-            ui.select_run(run_dir.name)
+        if st.session_state.get(state.RUN_KEY) != run_dir.name:
+            ui.show_error(state.select_run(run_dir.name))
         st.page_link("pages/explore.py", label="Explore influence", icon=":material/search:")
     elif status.state in ("queued", "running"):
-        progress_panel(run_dir)
+        ui.job_panel(run_dir, "Starting the job", phases=PHASES, cancel_key="cancel")
     elif status.state in ("failed", "cancelled"):
         st.warning(f"The run was {status.state}." + (f" {status.error}" if status.error else ""))
         if st.button("Resume", type="primary", icon=":material/play_arrow:", key="resume"):
@@ -185,7 +161,7 @@ def runs_table() -> None:
 st.title("Compute influence")
 if (context := ui.require_context()) is not None:
     try:
-        loaded, bundle = ui.load_context(context)
+        loaded, bundle = cache.load_context(context)
         compression = compression_form()
         curvature = curvature_form()
         device = device_choice()

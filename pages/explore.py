@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from dropinf import dashboard as views
 from dropinf.data import DatasetBundle
 from dropinf.errors import DropinfError
-from dropinf.run import RunStore
-from pages import _shared as ui
+from dropinf.review import RunReview
+from pages import _cache as cache
+from pages import _state as state
+from pages import _widgets as ui
 
 MODES = ["By index", "By class", "Misclassified only", "Upload an image"]
 
@@ -36,7 +39,7 @@ def choose_test_example(
     if not candidates:
         st.info("No test example matches.")
         return None
-    wanted = ui.url_int("test", default=candidates[0])
+    wanted = state.url_int("test", default=candidates[0])
     start = candidates.index(wanted) if wanted in candidates else 0
     describe = ui.example_describer(bundle, meta)
     index = st.selectbox(
@@ -64,16 +67,24 @@ def example_panel(bundle: DatasetBundle, meta: dict[str, np.ndarray], index: int
     st.metric("Loss", f"{float(meta['loss'][index]):.3f}")
 
 
-def influence_galleries(store: RunStore, bundle: DatasetBundle, row: np.ndarray) -> None:
+def top_examples(review: RunReview, row: np.ndarray, k: int, sign: float) -> pd.DataFrame:
+    """The k strongest proponents (sign +1) or opponents (sign -1) of a scores row."""
+    meta = review.metadata
+    return views.top_influences(
+        row, k, labels=meta["label"], predictions=meta["prediction"], opponents=sign < 0
+    )
+
+
+def influence_galleries(review: RunReview, bundle: DatasetBundle, row: np.ndarray) -> None:
     """Top-k proponents and opponents as thumbnail galleries."""
     top_k = st.slider("How many", 4, 24, 12, 4, key="explore_top_k")
-    suspects = ui.suspect_mask(store)
+    suspects = review.suspects()
     for title, sign in (
         ("Proponents (helped this prediction)", 1.0),
         ("Opponents (pushed against it)", -1.0),
     ):
         st.markdown(f"**{title}**")
-        table = ui.top_examples(store, row, top_k, sign)
+        table = top_examples(review, row, top_k, sign)
         captions = [ui.train_caption(bundle, item, suspects) for item in table.itertuples()]
         ui.gallery(
             bundle,
@@ -81,24 +92,24 @@ def influence_galleries(store: RunStore, bundle: DatasetBundle, row: np.ndarray)
             table["train_index"].tolist(),
             captions,
             columns=6,
-            on_open=ui.open_train_detail,
+            on_open=state.open_train_detail,
             key=f"gallery{int(sign)}",
         )
 
 
-def train_detail(store: RunStore, bundle: DatasetBundle, scores: np.ndarray, index: int) -> None:
+def train_detail(review: RunReview, bundle: DatasetBundle, scores: np.ndarray, index: int) -> None:
     """One training example: its self-influence and the test examples it most helps / harms."""
     st.subheader(f"Training example #{index}")
-    meta = store.train_metadata()
+    meta = review.metadata
     left, right = st.columns([1, 4])
     with left:
         st.image(ui.thumbnail(bundle, "train", index), width=120)
         st.metric("Given label", bundle.class_name(int(meta["label"][index])))
         st.metric("Predicted", bundle.class_name(int(meta["prediction"][index])))
-        st.metric("Self-influence", f"{float(store.self_influence()[index]):.3g}")
+        st.metric("Self-influence", f"{float(review.self_influence[index]):.3g}")
     with right:
         column = np.asarray(scores[:, index])  # (n_test,)
-        test_meta = store.test_metadata()
+        test_meta = review.store.test_metadata()
         for title, sign in (
             ("Test examples it helps most", 1.0),
             ("Test examples it harms most", -1.0),
@@ -108,19 +119,19 @@ def train_detail(store: RunStore, bundle: DatasetBundle, scores: np.ndarray, ind
             order = top["train_index"].tolist()
             captions = [ui.test_caption(bundle, test_meta, i, float(column[i])) for i in order]
             ui.gallery(bundle, "test", order, captions, columns=6)
-    st.button("Close", key="close_detail", on_click=ui.open_train_detail, args=(None,))
+    st.button("Close", key="close_detail", on_click=state.open_train_detail, args=(None,))
 
 
-def histogram(store: RunStore, bundle: DatasetBundle, row: np.ndarray) -> None:
+def histogram(review: RunReview, bundle: DatasetBundle, row: np.ndarray) -> None:
     """The influence histogram of every training example on one (test) example."""
-    labels = store.train_metadata()["label"]
+    labels = review.metadata["label"]
     figure = views.influence_histogram(
         row, labels, bundle.class_names, tail_k=12, title="Influence of every training example"
     )
     st.plotly_chart(figure, key="histogram")
 
 
-def uploaded_example(store: RunStore, context: ui.Context, bundle: DatasetBundle) -> None:
+def uploaded_example(review: RunReview, context: state.Context, bundle: DatasetBundle) -> None:
     """Score an uploaded picture against the stored run (a query; nothing is refitted)."""
     upload = st.file_uploader("A picture", type=["png", "jpg", "jpeg", "bmp"], key="upload_test")
     if upload is None:
@@ -128,7 +139,7 @@ def uploaded_example(store: RunStore, context: ui.Context, bundle: DatasetBundle
         return
     try:
         inputs = bundle.inputs_from_image(upload.getvalue())
-        prediction = ui.predict(context, inputs)
+        prediction = cache.predict(context, inputs)
     except DropinfError as error:
         ui.show_error(error)
         return
@@ -143,10 +154,10 @@ def uploaded_example(store: RunStore, context: ui.Context, bundle: DatasetBundle
             format_func=bundle.class_name,
             key="upload_label",
         )
-    row = ui.query_scores(str(store.run_dir), context, inputs, int(label))
+    row = cache.query_scores(str(review.run_dir), context, inputs, int(label))
     with right:
-        influence_galleries(store, bundle, row)
-    histogram(store, bundle, row)
+        influence_galleries(review, bundle, row)
+    histogram(review, bundle, row)
 
 
 def main() -> None:
@@ -155,7 +166,8 @@ def main() -> None:
     if (store := ui.require_complete_run()) is None or (context := ui.require_context()) is None:
         return
     try:
-        _, bundle = ui.load_context(context)
+        _, bundle = cache.load_context(context)
+        review = cache.run_review(store, bundle)
         scores = store.test_scores()  # (n_test, n_train)
         meta = store.test_metadata()
     except DropinfError as error:
@@ -163,17 +175,17 @@ def main() -> None:
         return
     mode = st.segmented_control("Choose by", MODES, default=MODES[0], key="explore_mode")
     if mode == "Upload an image":
-        uploaded_example(store, context, bundle)
+        uploaded_example(review, context, bundle)
     elif (index := choose_test_example(bundle, meta, mode or MODES[0])) is not None:
         row = np.asarray(scores[index])  # (n_train,)
         left, right = st.columns([1, 4], gap="large")
         with left:
             example_panel(bundle, meta, index)
         with right:
-            influence_galleries(store, bundle, row)
-        histogram(store, bundle, row)
-    if (detail := st.session_state.get("train_detail")) is not None:
-        train_detail(store, bundle, scores, int(detail))
+            influence_galleries(review, bundle, row)
+        histogram(review, bundle, row)
+    if (detail := st.session_state.get(state.DETAIL_KEY)) is not None:
+        train_detail(review, bundle, scores, int(detail))
 
 
 main()

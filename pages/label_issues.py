@@ -3,31 +3,43 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from dropinf import dashboard as views
 from dropinf import metrics as evaluate
-from dropinf import review
+from dropinf.cli import retrain_command
 from dropinf.data import DatasetBundle
 from dropinf.errors import DropinfError
-from dropinf.run import RunStore
-from pages import _shared as ui
+from dropinf.review import (
+    PRIMARY_SCORE,
+    RETRAIN_JOB,
+    RunReview,
+    decided_flips,
+    export_csv,
+    export_json,
+    load_retrain_report,
+    suggested_label,
+)
+from pages import _cache as cache
+from pages import _state as state
+from pages import _widgets as ui
 
 RETRAIN_SEEDS = 3
 PROPONENTS_SHOWN = 8
 QUEUE_CHOICES = 50
+PICK_KEY = "queue_pick"
 
 
-def detection_panel(store: RunStore, bundle: DatasetBundle) -> None:
+def detection_panel(review: RunReview, bundle: DatasetBundle) -> None:
     """Live detection quality against the known flipped labels (the demo only)."""
     if bundle.noisy_mask is None:
         return
     noisy = bundle.noisy_mask
-    scores = ui.mislabel_scores(store)
-    ranking = next(iter(scores.values()))
+    scores = review.scores()
+    ranking = scores[PRIMARY_SCORE]
     with st.expander(
         f"Detection quality: {int(noisy.sum()):,} labels were flipped on purpose",
         expanded=True,
@@ -45,7 +57,7 @@ def detection_panel(store: RunStore, bundle: DatasetBundle) -> None:
         cols[0].metric("ROC AUC", f"{evaluate.roc_auc(ranking, noisy):.3f}")
         cols[1].metric(f"Precision @ {k}", f"{evaluate.precision_at_k(ranking, noisy, k):.1%}")
         cols[2].metric(f"Recall @ {k}", f"{evaluate.recall_at_k(ranking, noisy, k):.1%}")
-        cols[3].metric("Your decisions on flipped labels", reviewed_share(store, bundle))
+        cols[3].metric("Your decisions on flipped labels", reviewed_share(review, bundle))
         st.plotly_chart(
             views.detection_curve_figure(
                 scores, noisy, title="Flipped labels found per share of the training set inspected"
@@ -54,15 +66,20 @@ def detection_panel(store: RunStore, bundle: DatasetBundle) -> None:
         )
 
 
-def reviewed_share(store: RunStore, bundle: DatasetBundle) -> str:
+def reviewed_share(review: RunReview, bundle: DatasetBundle) -> str:
     """How many of the decided examples were truly flipped, e.g. ``4 / 5``."""
-    flipped, decided = review.decided_flips(ui.load_decisions(store.run_dir), bundle.noisy_mask)
+    flipped, decided = decided_flips(review.decisions(), bundle.noisy_mask)
     return f"{flipped} / {decided}"
 
 
 def choose_item(pending: pd.DataFrame, bundle: DatasetBundle) -> pd.Series:
-    """The queue item to review: the most suspicious pending one unless another is picked."""
-    top = pending.head(QUEUE_CHOICES)
+    """The queue item to review: the most suspicious pending one unless another is picked.
+
+    The choices are the first ``QUEUE_CHOICES`` of the queue, and the picked item when it is
+    still pending further down (e.g. an item an undo brought back).
+    """
+    picked = (pending["train_index"] == st.session_state.get(PICK_KEY)).to_numpy()
+    top = pending[(np.arange(len(pending)) < QUEUE_CHOICES) | picked]
     names = {
         int(r.train_index): f"{'⚑ ' if r.flagged else ''}rank {int(r.rank)} · "
         f"train #{int(r.train_index)} · given "
@@ -74,16 +91,18 @@ def choose_item(pending: pd.DataFrame, bundle: DatasetBundle) -> pd.Series:
         f"Review ({len(pending):,} pending, most suspicious first)",
         list(names),
         format_func=names.get,
-        key="queue_pick",
+        key=PICK_KEY,
     )
     return top[top["train_index"] == index].iloc[0]
 
 
-def item_card(store: RunStore, context: ui.Context, bundle: DatasetBundle, item: pd.Series) -> None:
+def item_card(
+    review: RunReview, context: state.Context, bundle: DatasetBundle, item: pd.Series
+) -> None:
     """One queue item: image, labels, suggestion, its strongest proponents and the actions."""
     index = int(item["train_index"])
-    proponents = ui.proponents_table(store, context, index, PROPONENTS_SHOWN)
-    suggested = review.suggested_label(
+    proponents = cache.proponents_table(review, context, index, PROPONENTS_SHOWN)
+    suggested = suggested_label(
         item["given_label"], item["predicted_label"], proponents["given_label"].tolist()
     )
     left, right = st.columns([1, 3], gap="large")
@@ -99,15 +118,22 @@ def item_card(store: RunStore, context: ui.Context, bundle: DatasetBundle, item:
             "**Its strongest proponents** (training examples whose up-weighting helps "
             "its given label most)"
         )
-        suspects = ui.suspect_mask(store)
+        suspects = review.suspects()
         captions = [ui.train_caption(bundle, row, suspects) for row in proponents.itertuples()]
         ui.gallery(
             bundle, "train", proponents["train_index"].tolist(), captions, columns=PROPONENTS_SHOWN
         )
-        actions(store.run_dir, bundle, index, suggested)
+        actions(review, bundle, index, suggested)
 
 
-def actions(run_dir: Path, bundle: DatasetBundle, index: int, suggested: int) -> None:
+def undo(review: RunReview) -> None:
+    """Undo the last decision batch and go back to its first example (a button callback)."""
+    indices = review.undo()
+    if indices:
+        st.session_state[PICK_KEY] = indices[0]
+
+
+def actions(review: RunReview, bundle: DatasetBundle, index: int, suggested: int) -> None:
     """Keep / relabel / remove buttons with keyboard shortcuts (K, L, X) and undo."""
     classes = list(range(bundle.num_classes))
     new_label = st.selectbox(
@@ -124,8 +150,8 @@ def actions(run_dir: Path, bundle: DatasetBundle, index: int, suggested: int) ->
         shortcut="K",
         icon=":material/check:",
         width="stretch",
-        on_click=ui.decide,
-        args=(run_dir, [index], "keep"),
+        on_click=review.decide,
+        args=([index], "keep"),
     )
     cols[1].button(
         "Relabel",
@@ -134,8 +160,8 @@ def actions(run_dir: Path, bundle: DatasetBundle, index: int, suggested: int) ->
         icon=":material/edit:",
         type="primary",
         width="stretch",
-        on_click=ui.decide,
-        args=(run_dir, [index], "relabel", int(new_label)),
+        on_click=review.decide,
+        args=([index], "relabel", int(new_label)),
     )
     cols[2].button(
         "Remove",
@@ -143,8 +169,8 @@ def actions(run_dir: Path, bundle: DatasetBundle, index: int, suggested: int) ->
         shortcut="X",
         icon=":material/delete:",
         width="stretch",
-        on_click=ui.decide,
-        args=(run_dir, [index], "remove"),
+        on_click=review.decide,
+        args=([index], "remove"),
     )
     cols[3].button(
         "Undo",
@@ -152,29 +178,29 @@ def actions(run_dir: Path, bundle: DatasetBundle, index: int, suggested: int) ->
         shortcut="U",
         icon=":material/undo:",
         width="stretch",
-        on_click=ui.undo_last_decision,
-        args=(run_dir,),
-        disabled="last_decision" not in st.session_state,
+        on_click=undo,
+        args=(review,),
+        disabled=not review.can_undo(),
     )
     st.caption("Keyboard: **K** keep · **L** relabel · **X** remove · **U** undo")
 
 
-def export_panel(store: RunStore, bundle: DatasetBundle) -> None:
+def export_panel(review: RunReview, bundle: DatasetBundle) -> None:
     """The decisions and flags so far, and their CSV / JSON downloads."""
-    decisions, flags = ui.load_decisions(store.run_dir), ui.load_flags(store.run_dir)
+    decisions, flags = review.decisions(), review.flags()
     st.subheader(f"Decisions ({len(decisions):,})")
     if flags:
         st.caption(f"{len(flags):,} examples flagged for review (they lead the queue).")
     if not decisions and not flags:
         st.caption("No decisions yet.")
         return
-    meta = store.train_metadata()
-    csv = review.export_csv(
+    meta = review.metadata
+    csv = export_csv(
         decisions,
         meta["label"],
         bundle.class_names,
         meta["prediction"],
-        store.self_influence(),
+        review.self_influence,
         flags=flags,
     )
     st.dataframe(pd.read_csv(io.BytesIO(csv)), hide_index=True, height=180)
@@ -184,21 +210,12 @@ def export_panel(store: RunStore, bundle: DatasetBundle) -> None:
     )
     cols[1].download_button(
         "Export JSON",
-        review.export_json(decisions, flags),
+        export_json(decisions, flags),
         "decisions.json",
         "application/json",
         key="export_json",
         icon=":material/download:",
     )
-
-
-@st.fragment(run_every=1.0)
-def retrain_progress(run_dir: Path) -> None:
-    """Polls the retrain job; reruns the page once it has finished."""
-    if ui.job_runner().status(run_dir, review.RETRAIN_JOB).is_active:
-        st.progress(0.5, text=f"Retraining before and after your fixes ({RETRAIN_SEEDS} seeds)…")
-    else:
-        st.rerun()
 
 
 def report_panel(report: dict) -> None:
@@ -219,17 +236,19 @@ def report_panel(report: dict) -> None:
     )
 
 
-def verify_panel(context: ui.Context, run_dir: Path) -> None:
+def verify_panel(context: state.Context, review: RunReview) -> None:
     """Retrain with the decisions applied and compare test accuracy before / after."""
     st.subheader("Verify the fixes")
-    status = ui.job_runner().status(run_dir, review.RETRAIN_JOB)
+    run_dir = review.run_dir
+    status = cache.job_runner().status(run_dir, RETRAIN_JOB)
     if status.is_active:
-        retrain_progress(run_dir)
+        working = f"Retraining before and after your fixes ({RETRAIN_SEEDS} seeds)"
+        ui.job_panel(run_dir, working, name=RETRAIN_JOB)
         return
     if status.state == "failed":
         st.error(f"Retraining failed: {status.error}")
     try:
-        report = review.load_retrain_report(run_dir)
+        report = load_retrain_report(run_dir)
     except DropinfError as error:
         ui.show_error(error)
         report = None
@@ -239,13 +258,11 @@ def verify_panel(context: ui.Context, run_dir: Path) -> None:
         f"Retrain with the decisions ({RETRAIN_SEEDS} seeds)",
         key="retrain",
         icon=":material/model_training:",
-        disabled=not ui.load_decisions(run_dir),
+        disabled=not review.decisions(),
     ):
-        command = review.retrain_command(
-            context.checkpoint, context.data_spec, run_dir, RETRAIN_SEEDS
-        )
+        command = retrain_command(context.checkpoint, context.data_spec, run_dir, RETRAIN_SEEDS)
         try:
-            ui.job_runner().start(command, run_dir, name=review.RETRAIN_JOB, force=True)
+            cache.job_runner().start(command, run_dir, name=RETRAIN_JOB, force=True)
         except DropinfError as error:
             ui.show_error(error)
             return
@@ -258,19 +275,20 @@ def main() -> None:
     if (store := ui.require_complete_run()) is None or (context := ui.require_context()) is None:
         return
     try:
-        _, bundle = ui.load_context(context)
-        pending = ui.pending_queue(store, bundle)
+        _, bundle = cache.load_context(context)
+        review = cache.run_review(store, bundle)
+        pending = review.queue()
     except DropinfError as error:
         ui.show_error(error)
         return
-    detection_panel(store, bundle)
+    detection_panel(review, bundle)
     st.subheader("Review queue")
     if pending.empty:
         st.success("Every training example has a decision.")
     else:
-        item_card(store, context, bundle, choose_item(pending, bundle))
-    export_panel(store, bundle)
-    verify_panel(context, store.run_dir)
+        item_card(review, context, bundle, choose_item(pending, bundle))
+    export_panel(review, bundle)
+    verify_panel(context, review)
 
 
 main()

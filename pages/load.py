@@ -9,7 +9,9 @@ import streamlit as st
 
 from dropinf import data, models, paths
 from dropinf.errors import DropinfError
-from pages import _shared as ui
+from pages import _cache as cache
+from pages import _state as state
+from pages import _widgets as ui
 
 
 def demo_panel() -> None:
@@ -21,7 +23,7 @@ def demo_panel() -> None:
     )
     if st.button("Load the demo", type="primary", icon=":material/rocket_launch:", key="load_demo"):
         try:
-            context = ui.ensure_demo()
+            context = cache.ensure_demo()
         except DropinfError as error:
             ui.show_error(error)
             return
@@ -85,7 +87,7 @@ def own_model_panel() -> None:
         key="load_own",
         disabled=checkpoint is None or not spec,
     ):
-        context = ui.Context(
+        context = state.Context(
             checkpoint=str(checkpoint),
             data_spec=spec,
             arch=None if arch.startswith("(") else arch,
@@ -95,11 +97,11 @@ def own_model_panel() -> None:
         ui.open_context(context)
 
 
-def summary(context: ui.Context) -> None:
+def summary(context: state.Context) -> None:
     """Parameters, capturable layers, accuracy and class balance of the loaded pair."""
     try:
-        loaded, bundle = ui.load_context(context)
-        facts = ui.model_facts(context)
+        loaded, bundle = cache.load_context(context)
+        facts = cache.model_facts(context)
     except DropinfError as error:
         ui.show_error(error)
         return
@@ -130,5 +132,5 @@ with demo_tab:
     demo_panel()
 with own_tab:
     own_model_panel()
-if (context := ui.current_context()) is not None:
+if (context := state.current_context()) is not None:
     summary(context)

@@ -9,9 +9,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from dropinf.cli import main
-from dropinf.run import RunStore
+from dropinf.cli import (
+    build_parser,
+    compute_command,
+    compute_request,
+    main,
+    map_command,
+    retrain_command,
+)
+from dropinf.core import (
+    COMPRESSION_METHODS,
+    CURVATURE_KINDS,
+    MASK_STRATEGIES,
+    CompressionConfig,
+    CurvatureConfig,
+)
+from dropinf.errors import ConfigError
+from dropinf.run import RunRequest, RunStore
 
 TINY_TRAIN = ["--arch", "mlp", "--arch-args", '{"hidden_sizes": [16]}', "--epochs", "2"]
 
@@ -215,3 +232,147 @@ def test_retrain_with_missing_or_broken_decisions_is_an_error(
         status, stderr = cli_failure(argv, capsys)
         assert status == 2 and stderr.startswith("error: ") and message in stderr
     assert not (tmp_path / "report.json").exists()
+
+
+# ------------------------------------------------------------- command lines for background jobs
+
+
+def parse(command: list[str]):
+    """The parsed arguments of a built command (after ``python -m dropinf``)."""
+    assert command[:3] == [sys.executable, "-m", "dropinf"]
+    return build_parser().parse_args(command[3:])
+
+
+def test_compute_command_spells_the_request():
+    request = RunRequest(
+        Path("m.pt"), "digits", CompressionConfig(keep_ratio=0.5, seed=3, mask="uniform"),
+        CurvatureConfig(kind="block", damping=0.01), device="cuda", batch_size=64,
+    )  # fmt: skip
+    command = compute_command(request, Path("/runs/x"))
+    assert command[:4] == [sys.executable, "-m", "dropinf", "compute"]
+    options = dict(zip(command[4::2], command[5::2], strict=True))
+    assert options == {
+        "--model": "m.pt", "--data": "digits", "--method": "dropout", "--keep-ratio": "0.5",
+        "--mask": "uniform", "--seed": "3", "--max-kept-units": "64", "--curvature": "block",
+        "--batch-size": "64", "--device": "cuda", "--out": "/runs/x", "--damping": "0.01",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("compression", "curvature", "field"),
+    [
+        (CompressionConfig(calibration_batches=8), CurvatureConfig(), "calibration_batches"),
+        (CompressionConfig(layer_keep_ratios={"fc": 0.5}), CurvatureConfig(), "layer_keep_ratios"),
+        (CompressionConfig(), CurvatureConfig(damping_ratio=0.2), "damping_ratio"),
+        (CompressionConfig(), CurvatureConfig(max_full_dim=16), "max_full_dim"),
+    ],
+)
+def test_compute_command_refuses_options_the_cli_cannot_pass(compression, curvature, field):
+    request = RunRequest(Path("m.pt"), "digits", compression, curvature)
+    with pytest.raises(ConfigError, match=field):
+        compute_command(request, Path("/runs/x"))
+
+
+def test_parser_defaults_are_the_configs_defaults():
+    args = build_parser().parse_args(["compute", "--model", "m.pt", "--data", "d", "--out", "o"])
+    request = compute_request(args)
+    assert request.compression == CompressionConfig()
+    assert request.curvature == CurvatureConfig()
+    assert request.batch_size == RunRequest.batch_size
+
+
+# Text a user may type for a path or a data spec: anything argv can carry (no NUL, no surrogate).
+ARGV_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
+COMPRESSIONS = st.builds(
+    CompressionConfig,
+    method=st.sampled_from(COMPRESSION_METHODS),
+    keep_ratio=st.floats(0, 1, exclude_min=True),
+    seed=st.integers(0, 2**63),
+    mask=st.sampled_from(MASK_STRATEGIES),
+    max_kept_units=st.none() | st.integers(1, 10**6),
+)
+CURVATURES = st.builds(
+    CurvatureConfig,
+    kind=st.sampled_from(CURVATURE_KINDS),
+    damping=st.none() | st.floats(min_value=1e-30, max_value=1e30),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    checkpoint=ARGV_TEXT.filter(bool),
+    data_spec=ARGV_TEXT,
+    compression=COMPRESSIONS,
+    curvature=CURVATURES,
+    batch_size=st.integers(1, 10**6),
+    run_dir=ARGV_TEXT.filter(bool),
+)
+@example("-m.pt", "-digits", CompressionConfig(max_kept_units=None), CurvatureConfig("ekfac"), 1,
+         "--out")  # fmt: skip
+@example("m.pt", "digits", CompressionConfig(max_kept_units=3), CurvatureConfig("kfac"), 8, "r")
+def test_compute_command_parses_back_to_its_request(
+    checkpoint, data_spec, compression, curvature, batch_size, run_dir
+):
+    request = RunRequest(Path(checkpoint), data_spec, compression, curvature, "cpu", batch_size)
+    args = parse(compute_command(request, run_dir))
+    assert args.command == "compute" and args.out == Path(run_dir)
+    assert compute_request(args) == request
+
+
+@settings(max_examples=100, deadline=None)
+@given(run_dir=ARGV_TEXT.filter(bool), whiten=st.booleans(), seed=st.integers(-(2**63), 2**63))
+@example(run_dir="-run", whiten=False, seed=-1)
+def test_map_command_parses_back(run_dir, whiten, seed):
+    args = parse(map_command(run_dir, whiten=whiten, seed=seed))
+    assert (args.command, args.run, not args.no_whiten, args.seed) == (
+        "map", Path(run_dir), whiten, seed,
+    )  # fmt: skip
+
+
+def test_map_command():
+    command = map_command("/runs/x", whiten=False, seed=2)
+    assert command == [sys.executable, "-m", "dropinf", "map", "--run", "/runs/x", "--seed", "2",
+                       "--no-whiten"]  # fmt: skip
+    assert map_command("/runs/x")[-2:] == ["--seed", "0"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    checkpoint=ARGV_TEXT.filter(bool),
+    data_spec=ARGV_TEXT,
+    run_dir=ARGV_TEXT.filter(bool),
+    seeds=st.integers(1, 10**6),
+)
+@example(checkpoint="-m.pt", data_spec="-d", run_dir="-r", seeds=1)
+def test_retrain_command_parses_back(checkpoint, data_spec, run_dir, seeds):
+    args = parse(retrain_command(checkpoint, data_spec, run_dir, seeds))
+    assert (args.command, args.model, args.data, args.seeds) == (
+        "retrain", Path(checkpoint), data_spec, seeds,
+    )  # fmt: skip
+    assert args.decisions == Path(run_dir) / "decisions.json"
+    assert args.out == Path(run_dir) / "retrain_report.json"
+
+
+def test_retrain_command_spells_the_decisions_and_report_paths(tmp_path):
+    command = retrain_command("model.pt", "digits", tmp_path, seeds=3)
+    assert command[:4] == [sys.executable, "-m", "dropinf", "retrain"]
+    assert command[command.index("--decisions") + 1] == str(tmp_path / "decisions.json")
+    assert command[command.index("--out") + 1] == str(tmp_path / "retrain_report.json")
+    assert command[command.index("--seeds") + 1] == "3"
+
+
+def test_max_kept_units_reaches_the_run(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = compute_args(checkpoint, out, "--max-kept-units", "4", "--no-test-scores")
+    assert main([*argv, "--device", "cpu"]) == 0
+    manifest = RunStore(out).read_manifest()
+    assert manifest["compression"]["max_kept_units"] == 4
+    assert all(layer["k"] <= 4 * 4 + 4 for layer in manifest["layers"])
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x", "1.5"])
+def test_bad_max_kept_units_is_an_error(checkpoint: Path, tmp_path: Path, capsys, value) -> None:
+    status, stderr = cli_failure(
+        compute_args(checkpoint, tmp_path / "r", "--max-kept-units", value), capsys
+    )
+    assert status == 2 and "expected a positive integer or none" in stderr

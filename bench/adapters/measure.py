@@ -1,4 +1,4 @@
-"""Measuring helpers of the peer benchmark: phase timers, peak memory, bytes on disk."""
+"""Measuring helpers of the peer adapters: phase timers, peak memory, bytes on disk."""
 
 from __future__ import annotations
 

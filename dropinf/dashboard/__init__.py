@@ -1,54 +1,54 @@
 """What the pages show, as pure functions without Streamlit.
 
-Everything the pages show, as pure functions without Streamlit: plotly figure builders,
-table shapers, thumbnails and the gradient map (UMAP of the stored gradients).
-
-May import every layer below it (review, engine, run, models, data, metrics, core).
+Figure builders (``figures``: histogram, detection curves, before / after; ``map_figure``: the
+gradient map scatter and its selections), ``tables`` (data frames the pages show), ``captions``
+(escaped HTML), ``images`` (thumbnails), ``humanize`` (sizes and durations), ``style`` (colours,
+escaped plotly text) and ``gradient_map`` (the UMAP of a run's stored gradients, run as a
+background job). Never imports streamlit; plotly is imported here only, and umap only inside the
+background job. May import every layer below it (review, engine, run, models, data, metrics,
+core); ``import dropinf`` does not import this package.
 """
 
 from __future__ import annotations
 
-from dropinf.dashboard.figures import (
-    MAX_CURVE_POINTS,
-    OPPONENT_COLOR,
-    PROPONENT_COLOR,
-    REVIEW_STATUS_COLORS,
-    before_after_figure,
-    class_balance,
-    detection_curve,
-    detection_curve_figure,
-    detection_table,
-    example_indices,
-    gradient_map_figure,
-    human_bytes,
-    human_seconds,
-    influence_highlights,
-    influence_histogram,
-    layer_table,
-    selected_ids,
+from dropinf.dashboard.captions import (
     sidebar_card_html,
     test_caption_html,
-    thumbnail_data_uri,
-    thumbnail_png,
-    top_influences,
     train_caption_html,
-    upscale_nearest,
-    with_thumbnails,
+)
+from dropinf.dashboard.figures import (
+    MAX_CURVE_POINTS,
+    before_after_figure,
+    detection_curve,
+    detection_curve_figure,
+    influence_histogram,
 )
 from dropinf.dashboard.gradient_map import (
     MAP_JOB,
     PCA_DIM,
     PROJECTED_DIM,
-    _embed,
-    _gaussian_projection,
-    _projected_chunks,
-    _save_npz_atomic,
     compute_gradient_map,
     gradient_map_info,
     gradient_map_path,
     load_gradient_map,
-    map_command,
     reduced_gradients,
+)
+from dropinf.dashboard.humanize import human_bytes, human_seconds
+from dropinf.dashboard.images import (
+    thumbnail_data_uri,
+    thumbnail_png,
+    upscale_nearest,
+    with_thumbnails,
+)
+from dropinf.dashboard.map_figure import gradient_map_figure, selected_ids
+from dropinf.dashboard.style import OPPONENT_COLOR, PROPONENT_COLOR, REVIEW_STATUS_COLORS
+from dropinf.dashboard.tables import (
+    class_balance,
+    detection_table,
+    example_indices,
+    influence_highlights,
+    layer_table,
+    top_influences,
 )
 
 __all__ = [
@@ -59,10 +59,6 @@ __all__ = [
     "PROJECTED_DIM",
     "PROPONENT_COLOR",
     "REVIEW_STATUS_COLORS",
-    "_embed",
-    "_gaussian_projection",
-    "_projected_chunks",
-    "_save_npz_atomic",
     "before_after_figure",
     "class_balance",
     "compute_gradient_map",
@@ -79,7 +75,6 @@ __all__ = [
     "influence_histogram",
     "layer_table",
     "load_gradient_map",
-    "map_command",
     "reduced_gradients",
     "selected_ids",
     "sidebar_card_html",

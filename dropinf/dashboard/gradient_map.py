@@ -7,15 +7,14 @@ the run's saved Cholesky factors (no model needed), project it to at most ``PROJ
 coordinates with a seeded Gaussian matrix (Johnson–Lindenstrauss: distances kept to a few
 percent), then PCA to ``PCA_DIM`` and UMAP (cosine metric) to 2-D.
 
-``compute_gradient_map`` runs in a background job (``python -m dropinf map --run RUN_DIR``, see
-``map_command``) because ``import umap`` alone costs about 12 s; the result is ``RUN_DIR/umap.npz``
-and ``load_gradient_map`` reads it back in milliseconds.
+``compute_gradient_map`` runs in a background job (``python -m dropinf map --run RUN_DIR``, built
+by ``dropinf.cli.map_command``) because ``import umap`` alone costs about 12 s; the result is
+``RUN_DIR/umap.npz`` and ``load_gradient_map`` reads it back in milliseconds.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,15 +35,6 @@ DEFAULT_NEIGHBORS = 15
 def gradient_map_path(run_dir: str | Path) -> Path:
     """Where a run's gradient map is cached: ``RUN_DIR/umap.npz``."""
     return Path(run_dir) / MAP_FILE
-
-
-def map_command(run_dir: str | Path, whiten: bool = True, seed: int = 0) -> list[str]:
-    """The CLI command that computes a run's gradient map in a background job.
-
-    Start it with ``JobRunner.start(map_command(run_dir), run_dir, name=MAP_JOB)``.
-    """
-    command = [sys.executable, "-m", "dropinf", "map", "--run", str(run_dir), "--seed", str(seed)]
-    return command if whiten else [*command, "--no-whiten"]
 
 
 def compute_gradient_map(

@@ -1,21 +1,20 @@
 """The facade ``InfluenceEngine`` and the phases of a fit.
 
-The facade ``InfluenceEngine`` (fit → pairwise_scores / self_influence / query) and the phases
-of a fit (calibrate, gradients, curvature, self-influence, test scores).
-
-Orders calls into ``dropinf.core`` and persists through ``dropinf.run``; may import those two (and
-``dropinf.errors``), never data loaders, models, review or the dashboard.
+``facade`` holds ``InfluenceEngine`` (fit → pairwise_scores / self_influence / query); ``phases``
+the steps of a fit (calibrate, gradients, curvature, self-influence, test scores), each committed
+to the run store before the next; ``scoring`` the scores against stored gradients;
+``fingerprint`` the digests a run's signature names; ``arguments`` the checks of what callers
+pass. Orders calls into ``dropinf.core`` and persists through ``dropinf.run`` (which owns every
+file name and the manifest's schema); may import those two (and ``dropinf.errors``), never data
+loaders, models, review, the dashboard or the CLI.
 """
 
 from __future__ import annotations
 
-from dropinf.engine.facade import (
-    InfluenceEngine,
-    load_curvature,
-    model_fingerprint,
-    resolve_device,
-    stored_gradient_chunks,
-)
+from dropinf.engine.arguments import resolve_device
+from dropinf.engine.facade import InfluenceEngine
+from dropinf.engine.fingerprint import model_fingerprint
+from dropinf.engine.scoring import load_curvature, stored_gradient_chunks
 
 __all__ = [
     "InfluenceEngine",

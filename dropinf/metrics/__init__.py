@@ -1,54 +1,47 @@
 """Quality measures on arrays: mislabel detection and fidelity.
 
-Quality measures on arrays: mislabel detection (AUC, precision / recall at k) and
-fidelity to a reference (rank correlations, top-k overlap). Pure numpy; imports nothing of
-dropinf but ``dropinf.errors``.
+``detection`` scores a suspicion score as a detector of flipped labels (ROC AUC, inspection
+order, precision / recall at k, recall at a share); ``fidelity`` compares approximate scores
+with reference scores (per-row Pearson / Spearman, top-k overlap). Pure numpy: imports nothing
+of dropinf but ``dropinf.errors``. The LDS, which retrains models, lives in ``bench.lds``.
 """
 
 from __future__ import annotations
 
-from dropinf.metrics.evaluate import (
-    SubsetOutputs,
+from dropinf.metrics.detection import (
+    DEFAULT_KS,
+    DEFAULT_SHARES,
+    DetectionReport,
     average_ranks,
-    classification_margins,
     detection_report,
-    fidelity,
     inspection_order,
-    lds_subset_outputs,
-    linear_datamodeling_score,
-    model_outputs,
     precision_at_k,
-    predicted_subset_effects,
     recall_at_k,
     recall_at_share,
-    retrain_subset_outputs,
     roc_auc,
+)
+from dropinf.metrics.fidelity import (
+    FidelityReport,
+    fidelity,
     rowwise_pearson,
     rowwise_spearman,
-    sample_subsets,
-    subset_cache_key,
     top_overlap,
 )
 
 __all__ = [
-    "SubsetOutputs",
+    "DEFAULT_KS",
+    "DEFAULT_SHARES",
+    "DetectionReport",
+    "FidelityReport",
     "average_ranks",
-    "classification_margins",
     "detection_report",
     "fidelity",
     "inspection_order",
-    "lds_subset_outputs",
-    "linear_datamodeling_score",
-    "model_outputs",
     "precision_at_k",
-    "predicted_subset_effects",
     "recall_at_k",
     "recall_at_share",
-    "retrain_subset_outputs",
     "roc_auc",
     "rowwise_pearson",
     "rowwise_spearman",
-    "sample_subsets",
-    "subset_cache_key",
     "top_overlap",
 ]

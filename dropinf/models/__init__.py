@@ -1,27 +1,32 @@
-"""Models: the architecture registry, safe checkpoints, training and the demo.
+"""Models: the architecture registry, safe checkpoints, training and retraining after fixes.
 
-Models: the architecture registry (MLP, small CNN, ResNet-9, torchvision classifiers),
-safe checkpoints (safetensors or weights-only .pt plus a JSON sidecar), training recipes, the
-demo checkpoint and retraining with label fixes.
-
-May import ``dropinf.data`` and ``dropinf.core``; never runs, the engine, review or the dashboard.
+``registry`` builds ``mlp``, ``small_cnn``, ``resnet9`` and torchvision classifiers by name,
+checking the arguments on the meta device; ``checkpoints`` saves and loads a state_dict with its
+JSON sidecar and checks a model fits a dataset; ``safe_read`` reads checkpoint files as tensors
+only (safetensors, or weights-only ``torch.load``), refusing pickled code unrun; ``training``
+holds the seeded recipes, evaluation and the demo checkpoint; ``retrain`` retrains before and
+after label fixes. It may import ``dropinf.data`` and ``dropinf.core`` (and ``dropinf.errors``,
+``dropinf.paths``); never ``dropinf.run``, the engine, review or the dashboard.
 """
 
 from __future__ import annotations
 
 from dropinf.models.checkpoints import (
     LoadedCheckpoint,
-    arch_args_for_data,
-    architectures,
-    build_model,
     check_model_fits_data,
-    count_parameters,
     file_sha256,
     load_checkpoint,
     save_checkpoint,
     sidecar_path,
+)
+from dropinf.models.registry import (
+    arch_args_for_data,
+    architectures,
+    build_model,
+    count_parameters,
     small_cnn,
 )
+from dropinf.models.retrain import retrain_with_fixes
 from dropinf.models.training import (
     DEMO_RECIPE,
     TrainRecipe,
@@ -29,7 +34,6 @@ from dropinf.models.training import (
     ensure_demo_checkpoint,
     evaluate,
     resolve_device,
-    retrain_with_fixes,
     save_trained,
     torch_threads,
     train_model,

@@ -1,57 +1,75 @@
 """Reviewing a run: ranking, decisions, flags, exports and ``RunReview``.
 
-Reviewing a run: the one ranking of what to review first, decisions (keep / relabel /
-remove) and flags with their history, exports, and ``RunReview`` used by pages and CLI alike.
-
-May import ``dropinf.run``, ``dropinf.models``, ``dropinf.data``, ``dropinf.metrics`` and
-``dropinf.core``; never the dashboard.
+``ranking`` is the one definition of what to review first (the mislabel score, the queue, the
+suspect marks); ``decisions`` is what a decision is and its JSON form; ``decisions_file`` reads and
+writes ``RUN_DIR/decisions.json`` (atomic writes, a lock, the undo history); ``export`` writes CSV
+and JSON; ``retrain`` names the job verifying the fixes and reads its report; ``run_review`` holds
+``RunReview``, the object pages and the CLI review a run through. May import ``dropinf.run``,
+``dropinf.models``, ``dropinf.data``, ``dropinf.metrics``, ``dropinf.core``, ``dropinf.errors`` and
+``dropinf.paths``; never the engine, the dashboard, the CLI or streamlit.
 """
 
 from __future__ import annotations
 
 from dropinf.review.decisions import (
-    RETRAIN_JOB,
     Decision,
+    DecisionBatch,
     decide,
     decided_flips,
-    decisions_path,
-    export_csv,
-    export_json,
     fixes_from_decisions,
-    load_decisions,
-    load_flags,
-    load_retrain_report,
-    mislabel_scores,
     parse_decisions,
     parse_flags,
-    retrain_command,
-    retrain_report_path,
-    review_queue,
+    parse_history,
     review_status,
+)
+from dropinf.review.decisions_file import (
+    decisions_path,
+    load_decisions,
+    load_flags,
+    record_decisions,
     save_decisions,
-    suggested_label,
-    suspect_mask,
-    suspicion,
+    undo_decisions,
     update_decisions,
     update_flags,
 )
+from dropinf.review.export import export_csv, export_json
+from dropinf.review.ranking import (
+    PRIMARY_SCORE,
+    leave_one_out_loss,
+    mislabel_scores,
+    review_queue,
+    suggested_label,
+    suspect_mask,
+    suspicion,
+)
+from dropinf.review.retrain import (
+    RETRAIN_JOB,
+    load_retrain_report,
+    retrain_report_path,
+)
+from dropinf.review.run_review import RunReview
 
 __all__ = [
+    "PRIMARY_SCORE",
     "RETRAIN_JOB",
     "Decision",
+    "DecisionBatch",
+    "RunReview",
     "decide",
     "decided_flips",
     "decisions_path",
     "export_csv",
     "export_json",
     "fixes_from_decisions",
+    "leave_one_out_loss",
     "load_decisions",
     "load_flags",
     "load_retrain_report",
     "mislabel_scores",
     "parse_decisions",
     "parse_flags",
-    "retrain_command",
+    "parse_history",
+    "record_decisions",
     "retrain_report_path",
     "review_queue",
     "review_status",
@@ -59,6 +77,7 @@ __all__ = [
     "suggested_label",
     "suspect_mask",
     "suspicion",
+    "undo_decisions",
     "update_decisions",
     "update_flags",
 ]

@@ -1,64 +1,63 @@
-"""The run directory and what surrounds it: store, keys, jobs, estimates.
+"""The run directory and what surrounds it: store, manifest, keys, jobs, estimates.
 
-The run directory and what surrounds it: the store (every file of a run, published
-atomically, one writer at a time), run keys and listing, background jobs, cost estimates.
-
-May import ``dropinf.core``, ``dropinf.data`` and ``dropinf.models``; never the engine, review or
-the dashboard.
+``store`` reads and writes every file of a run directory (published atomically through
+``files``, gradient shards through ``shards``, compressors through ``compressors``, one writer at
+a time); ``manifest`` owns the manifest's schema, the signature a run is reused by and the shard
+size; ``keys`` names runs by content and lists them; ``jobs`` runs background processes;
+``estimate`` says what a run will cost. May import ``dropinf.core``, ``dropinf.data`` and
+``dropinf.models``; never the engine, review, the dashboard or the CLI.
 """
 
 from __future__ import annotations
 
-from dropinf.run.jobs import (
-    JobRunner,
-    JobStatus,
-    RunEstimate,
-    RunRequest,
-    SyncJobRunner,
-    compute_command,
-    estimate_run,
-    job_dir,
-    job_log_path,
-    job_status,
-    list_runs,
-    run_dir_for,
-    run_key,
-)
-from dropinf.run.store import (
-    DECISIONS_FILE,
+from dropinf.run.estimate import RunEstimate, estimate_run
+from dropinf.run.files import atomic_write_json, exclusive_lock, now_iso
+from dropinf.run.jobs import JobRunner, JobStatus, SyncJobRunner, job_dir, job_log_path, job_status
+from dropinf.run.keys import RunRequest, list_runs, run_dir_for, run_key
+from dropinf.run.manifest import (
     FORMAT_VERSION,
-    MAP_FILE,
-    RETRAIN_REPORT_FILE,
-    GradientWriter,
-    RunStore,
-    atomic_write_json,
-    exclusive_lock,
+    SIGNATURE_FIELDS,
+    Manifest,
+    check_format,
+    dtype_name,
     is_dropinf_manifest,
-    now_iso,
+    layer_fields,
+    mismatch_message,
+    new_manifest,
+    signature_differences,
 )
+from dropinf.run.shards import GradientWriter
+from dropinf.run.store import DECISIONS_FILE, MAP_FILE, RETRAIN_REPORT_FILE, RunStore
 
 __all__ = [
     "DECISIONS_FILE",
     "FORMAT_VERSION",
     "MAP_FILE",
     "RETRAIN_REPORT_FILE",
+    "SIGNATURE_FIELDS",
     "GradientWriter",
     "JobRunner",
     "JobStatus",
+    "Manifest",
     "RunEstimate",
     "RunRequest",
     "RunStore",
     "SyncJobRunner",
     "atomic_write_json",
-    "compute_command",
+    "check_format",
+    "dtype_name",
     "estimate_run",
     "exclusive_lock",
     "is_dropinf_manifest",
     "job_dir",
     "job_log_path",
     "job_status",
+    "layer_fields",
     "list_runs",
+    "mismatch_message",
+    "new_manifest",
     "now_iso",
     "run_dir_for",
     "run_key",
+    "signature_differences",
 ]

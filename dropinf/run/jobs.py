@@ -1,9 +1,4 @@
-"""Content-addressed runs and the background jobs that compute them.
-
-A run is named by what determines its scores: the checkpoint's sha256, the data fingerprint and
-the compression and curvature configs. The same request therefore always maps to the same run
-directory under ``paths.runs_dir()``, which is reused after a server restart and shared by every
-browser session.
+"""Background jobs: child processes computing a run, one per run directory and job name.
 
 A job is a child process (normally ``python -m dropinf compute ...``) started in its own process
 group, so it survives Streamlit reruns and can be cancelled as a whole. At most one job runs per
@@ -17,48 +12,22 @@ code to ``<name>.exit``; ``cancel`` leaves ``<name>.cancelled``. The engine repo
 The job files live next to the run directory, in ``<parent>/.jobs/<run name>/`` (see
 ``job_dir``), not inside it: the engine empties the run directory when it starts a fresh run,
 and a lock deleted under a live job would let a second job start.
-
-Before a run is started, ``estimate_run`` says what it will cost: its compressed dimension k
-(exact: the run's own compressors, calibrated like the engine's), the size of its gradient store
-and its time on this machine.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-
-from dropinf import paths
-from dropinf.core import (
-    CompressionConfig,
-    CurvatureConfig,
-    GradientCapture,
-    LayerCompressor,
-    LossFn,
-    batch_to,
-    build_run_compressors,
-    cross_entropy_per_sample,
-    curvature_flops,
-    discover_layers,
-)
-from dropinf.data import DatasetBundle
-from dropinf.errors import ConfigError, CorruptRunError, JobError
-from dropinf.run.store import RunStore, atomic_write_json, exclusive_lock, now_iso
+from dropinf.errors import CorruptRunError, JobError
+from dropinf.run.files import atomic_write_json, exclusive_lock, now_iso, read_json_object
+from dropinf.run.store import RunStore
 
 COMPUTE_JOB = "job"
 ACTIVE_STATES = ("queued", "running")
@@ -66,30 +35,7 @@ ACTIVE_STATES = ("queued", "running")
 # changed this recently (a `python -m dropinf compute` started from a terminal).
 EXTERNAL_RUN_STALE_S = 120.0
 _LOG_TAIL_LINES = 5
-STORE_BYTES_PER_VALUE = 2  # the gradient store holds float16
-TIMING_BATCH = 64
 _EXIT_WRAPPER = 'exit_file="$1"; shift; "$@"; code=$?; echo "$code" > "$exit_file"; exit "$code"'
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """What the user asked to compute: model, data and the two stage configs.
-
-    Attributes:
-        checkpoint: Path of the model checkpoint.
-        data_spec: Dataset spec understood by ``dropinf.data.load_data``.
-        compression: How per-sample gradients are compressed.
-        curvature: How the compressed Fisher is formed and damped.
-        device: Device of the compute job (does not change the run key).
-        batch_size: Batch size of the compute job (does not change the run key).
-    """
-
-    checkpoint: Path
-    data_spec: str
-    compression: CompressionConfig
-    curvature: CurvatureConfig
-    device: str = "cpu"
-    batch_size: int = 256
 
 
 @dataclass
@@ -127,133 +73,6 @@ class JobStatus:
         return min(1.0, self.done / self.total) if self.total > 0 else 0.0
 
 
-def run_key(request: RunRequest, checkpoint_sha256: str, data_fingerprint: str) -> str:
-    """The content address of a run: 16 hex digits of a sha256.
-
-    Only what changes the scores enters the key: the checkpoint contents, the data contents and
-    the two configs. The checkpoint's path, the data spec's spelling, the device and the batch
-    size do not.
-
-    Args:
-        request: The run request.
-        checkpoint_sha256: sha256 of the checkpoint file.
-        data_fingerprint: The dataset bundle's fingerprint.
-
-    Returns:
-        The run key.
-    """
-    identity = {
-        "checkpoint_sha256": checkpoint_sha256,
-        "data_fingerprint": data_fingerprint,
-        "compression": request.compression.to_dict(),
-        "curvature": request.curvature.to_dict(),
-    }
-    encoded = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(encoded).hexdigest()[:16]
-
-
-def run_dir_for(request: RunRequest, checkpoint_sha256: str, data_fingerprint: str) -> Path:
-    """The run directory of a request: ``paths.runs_dir() / run_key(...)`` (not created)."""
-    return paths.runs_dir() / run_key(request, checkpoint_sha256, data_fingerprint)
-
-
-def compute_command(request: RunRequest, run_dir: str | Path) -> list[str]:
-    """The CLI command that computes (or resumes) a request's run.
-
-    Args:
-        request: The run request.
-        run_dir: Where the run is written.
-
-    Returns:
-        An argv list starting with ``sys.executable -m dropinf compute``.
-
-    Raises:
-        ConfigError: The request sets an option the CLI cannot pass on (the job would compute
-            a different run than its key names).
-    """
-    compression, curvature = request.compression, request.curvature
-    _check_expressible(compression, curvature)
-    command = [
-        sys.executable,
-        "-m",
-        "dropinf",
-        "compute",
-        "--model",
-        str(request.checkpoint),
-        "--data",
-        request.data_spec,
-        "--method",
-        compression.method,
-        "--keep-ratio",
-        repr(compression.keep_ratio),
-        "--mask",
-        compression.mask,
-        "--seed",
-        str(compression.seed),
-        "--curvature",
-        curvature.kind,
-        "--batch-size",
-        str(request.batch_size),
-        "--device",
-        request.device,
-        "--out",
-        str(run_dir),
-    ]
-    if curvature.damping is not None:
-        command += ["--damping", repr(curvature.damping)]
-    return command
-
-
-def _check_expressible(compression: CompressionConfig, curvature: CurvatureConfig) -> None:
-    defaults = {"layer_keep_ratios": {}, "calibration_batches": 4}
-    curvature_defaults = {"damping_ratio": 0.1, "max_full_dim": 8192}
-    for config, expected in ((compression, defaults), (curvature, curvature_defaults)):
-        for name, default in expected.items():
-            if getattr(config, name) != default:
-                raise ConfigError(
-                    f"`python -m dropinf compute` has no option for {name}; expected the default "
-                    f"{default!r}, found {getattr(config, name)!r}"
-                )
-
-
-def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
-    """One row per run directory under ``root``, newest first.
-
-    Args:
-        root: Folder of run directories; ``paths.runs_dir()`` when None.
-
-    Returns:
-        Dicts with ``key``, ``status``, ``method``, ``keep_ratio``, ``k``, ``n_train``,
-        ``created``, ``arch``, ``data_spec`` and ``path``.
-    """
-    root = Path(root) if root is not None else paths.runs_dir()
-    run_dirs = [path for path in sorted(root.iterdir()) if path.is_dir() and path.name[0] != "."]
-    rows = [_run_row(run_dir) for run_dir in run_dirs]
-    rows = [row for row in rows if row is not None]
-    return sorted(rows, key=lambda row: row["created"] or "", reverse=True)
-
-
-def _run_row(run_dir: Path) -> dict[str, Any] | None:
-    manifest = _read_manifest(run_dir) or None
-    if manifest is None and not _job_file(run_dir, COMPUTE_JOB, "lock").exists():
-        return None
-    manifest = manifest or {}
-    compression = manifest.get("compression") or {}
-    provenance = manifest.get("provenance") or {}
-    return {
-        "key": run_dir.name,
-        "status": job_status(run_dir).state,
-        "method": compression.get("method"),
-        "keep_ratio": compression.get("keep_ratio"),
-        "k": manifest.get("k"),
-        "n_train": manifest.get("n_train"),
-        "created": manifest.get("created"),
-        "arch": provenance.get("arch"),
-        "data_spec": provenance.get("data_spec"),
-        "path": str(run_dir),
-    }
-
-
 class JobRunner:
     """Starts, watches and cancels background jobs, one per run directory and job name.
 
@@ -289,7 +108,7 @@ class JobRunner:
         """
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        with exclusive_lock(_job_file(run_dir, name, "mutex")):
+        with exclusive_lock(job_file(run_dir, name, "mutex")):
             current = self.status(run_dir, name)
             if current.is_active or (current.state == "complete" and not force):
                 return current
@@ -312,19 +131,19 @@ class JobRunner:
             name: The job's name.
         """
         run_dir = Path(run_dir)
-        lock = _read_json(_job_file(run_dir, name, "lock"))
+        lock = read_json_object(job_file(run_dir, name, "lock"))
         if not (lock and _lock_alive(lock)):
             return
         self._terminate(int(lock["pid"]))
-        _job_file(run_dir, name, "cancelled").write_text(now_iso())
+        job_file(run_dir, name, "cancelled").write_text(now_iso())
         if name == COMPUTE_JOB:
             _mark_manifest_cancelled(run_dir)
 
     def _launch(self, command: list[str], run_dir: Path, name: str) -> subprocess.Popen[bytes]:
         for suffix in ("exit", "cancelled"):
-            _job_file(run_dir, name, suffix).unlink(missing_ok=True)
-        wrapped = ["/bin/sh", "-c", _EXIT_WRAPPER, "sh", str(_job_file(run_dir, name, "exit"))]
-        with open(_job_file(run_dir, name, "log"), "ab") as log:
+            job_file(run_dir, name, suffix).unlink(missing_ok=True)
+        wrapped = ["/bin/sh", "-c", _EXIT_WRAPPER, "sh", str(job_file(run_dir, name, "exit"))]
+        with open(job_file(run_dir, name, "log"), "ab") as log:
             log.write(f"[{now_iso()}] $ {' '.join(command)}\n".encode())
             log.flush()
             try:
@@ -344,7 +163,7 @@ class JobRunner:
             "started": now_iso(),
             "command": command,
         }
-        atomic_write_json(_job_file(run_dir, name, "lock"), lock)
+        atomic_write_json(job_file(run_dir, name, "lock"), lock)
         self._children[(str(run_dir), name)] = child
         return child
 
@@ -393,14 +212,14 @@ def job_status(run_dir: Path, name: str = COMPUTE_JOB) -> JobStatus:
     """
     run_dir = Path(run_dir)
     progress = _progress_status(run_dir) if name == COMPUTE_JOB else JobStatus("running")
-    lock_path = _job_file(run_dir, name, "lock")
-    lock = _read_json(lock_path)
+    lock_path = job_file(run_dir, name, "lock")
+    lock = read_json_object(lock_path)
     if lock and _lock_alive(lock):
         return _replace_state(progress, "running", pid=int(lock["pid"]))
-    manifest = _read_manifest(run_dir) if name == COMPUTE_JOB else {}
+    manifest = read_run_manifest(run_dir) if name == COMPUTE_JOB else {}
     if manifest.get("status") == "complete":
         return _replace_state(progress, "complete")
-    if _job_file(run_dir, name, "cancelled").exists():
+    if job_file(run_dir, name, "cancelled").exists():
         return _replace_state(progress, "cancelled")
     if manifest.get("status") == "failed":
         error = manifest.get("error") or _log_tail(run_dir, name)
@@ -457,12 +276,12 @@ def _progress_status(run_dir: Path) -> JobStatus:
             examples_per_s=progress.get("examples_per_s"),
             eta_s=progress.get("eta_s"),
         )
-    manifest = _read_manifest(run_dir)
+    manifest = read_run_manifest(run_dir)
     done, total = int(manifest.get("rows_done") or 0), int(manifest.get("n_train") or 0)
     return JobStatus("running", done=done, total=total, phase="gradients" if total else "")
 
 
-def _read_manifest(run_dir: Path) -> dict[str, Any]:
+def read_run_manifest(run_dir: Path) -> dict[str, Any]:
     """The run's manifest ({} when absent); a failed status naming the problem when corrupt."""
     try:
         return RunStore(run_dir).manifest_or_none() or {}
@@ -489,10 +308,11 @@ def job_dir(run_dir: str | Path) -> Path:
 
 def job_log_path(run_dir: str | Path, name: str = COMPUTE_JOB) -> Path:
     """The output (stdout and stderr) of a run's job."""
-    return _job_file(Path(run_dir), name, "log")
+    return job_file(Path(run_dir), name, "log")
 
 
-def _job_file(run_dir: Path, name: str, suffix: str) -> Path:
+def job_file(run_dir: Path, name: str, suffix: str) -> Path:
+    """The job file ``<name>.<suffix>`` of a run (lock, mutex, log, exit, cancelled)."""
     return job_dir(run_dir) / f"{name}.{suffix}"
 
 
@@ -533,136 +353,14 @@ def _proc_stat_fields(pid: int) -> list[str] | None:
 
 def _read_exit_code(run_dir: Path, name: str) -> int | None:
     try:
-        return int(_job_file(run_dir, name, "exit").read_text().strip())
+        return int(job_file(run_dir, name, "exit").read_text().strip())
     except (OSError, ValueError):
         return None
 
 
 def _log_tail(run_dir: Path, name: str) -> str:
     try:
-        lines = _job_file(run_dir, name, "log").read_text(errors="replace").splitlines()
+        lines = job_file(run_dir, name, "log").read_text(errors="replace").splitlines()
     except OSError:
         return ""
     return "\n".join(line for line in lines[-_LOG_TAIL_LINES:] if line.strip())
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-# --------------------------------------------------------------------------------------------
-# What a run will cost
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunEstimate:
-    """The size and time of a run, before it is started.
-
-    Attributes:
-        k: Compressed dimension (exactly the run's).
-        n_train: Training examples (rows of the gradient store).
-        store_bytes: Size of the float16 gradient store.
-        curvature_kind: The concrete curvature (``full``, ``block`` or ``identity``).
-        capture_seconds: Calibration plus capturing the training and test gradients.
-        curvature_seconds: Factoring, accumulating and applying the curvature blocks.
-    """
-
-    k: int
-    n_train: int
-    store_bytes: int
-    curvature_kind: str
-    capture_seconds: float
-    curvature_seconds: float
-
-    @property
-    def seconds(self) -> float:
-        """The whole run's estimated wall-clock time."""
-        return self.capture_seconds + self.curvature_seconds
-
-
-def estimate_run(
-    model: nn.Module,
-    bundle: DatasetBundle,
-    compression: CompressionConfig,
-    curvature: CurvatureConfig,
-    loss_fn: LossFn = cross_entropy_per_sample,
-    batch_size: int = 256,
-) -> RunEstimate:
-    """k, gradient-store size and time of a run, from timed samples on this machine.
-
-    The run's compressors are built as the engine builds them (energy masks from the same
-    calibration batches), so k is exact. Time = the calibration, one timed capture batch scaled
-    to the training + test examples, and the curvature's dense algebra at the measured matmul
-    rate (see ``curvature_flops``).
-
-    Args:
-        model: The model, in eval mode, on its device.
-        bundle: The dataset (its training split is captured, its test split scored).
-        compression: The run's compression config.
-        curvature: The run's curvature config.
-        loss_fn: ``loss_fn(model, batch) -> (B,)`` per-sample losses.
-        batch_size: The run's capture batch size (sets the calibration batches).
-
-    Returns:
-        The estimate.
-
-    Raises:
-        NoCapturableLayerError: The model has no layer to capture.
-    """
-    layout = discover_layers(model)
-    started = time.perf_counter()
-    compressors = build_run_compressors(
-        model, layout, compression, bundle.train, loss_fn, batch_size
-    )
-    calibration_s = time.perf_counter() - started
-    capture = GradientCapture(model, layout, _on_model_device(model, compressors))
-    n_examples = len(bundle.train) + len(bundle.test)
-    kind = curvature.resolve_kind(capture.k)
-    flops = curvature_flops(kind, [c.k for c in compressors], len(bundle.train), n_examples)
-    per_example = seconds_per_example(capture, bundle.train, loss_fn)
-    return RunEstimate(
-        k=capture.k,
-        n_train=len(bundle.train),
-        store_bytes=capture.k * len(bundle.train) * STORE_BYTES_PER_VALUE,
-        curvature_kind=kind,
-        capture_seconds=calibration_s + per_example * n_examples,
-        curvature_seconds=flops / matmul_flops_per_s(),
-    )
-
-
-def seconds_per_example(
-    capture: GradientCapture, train: Dataset, loss_fn: LossFn = cross_entropy_per_sample
-) -> float:
-    """Seconds one example takes through a capture (the second of two timed batches)."""
-    batch = _model_batch(capture.model, next(iter(DataLoader(train, batch_size=TIMING_BATCH))))
-    capture.capture(loss_fn, batch)
-    started = time.perf_counter()
-    capture.capture(loss_fn, batch)
-    return (time.perf_counter() - started) / len(batch[0])
-
-
-@cache
-def matmul_flops_per_s() -> float:
-    """Dense float32 matmul throughput of this machine (one 1024² product, timed once)."""
-    matrix = torch.randn(1024, 1024)
-    torch.mm(matrix, matrix)
-    started = time.perf_counter()
-    torch.mm(matrix, matrix)
-    return 2 * 1024**3 / max(time.perf_counter() - started, 1e-9)
-
-
-def _model_batch(model: nn.Module, batch: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    parameter = next(model.parameters())
-    return batch_to(batch, parameter.device, parameter.dtype)
-
-
-def _on_model_device(
-    model: nn.Module, compressors: Sequence[LayerCompressor]
-) -> list[LayerCompressor]:
-    device = next(model.parameters()).device
-    return [compressor.to(device) for compressor in compressors]

@@ -14,10 +14,12 @@ Layout of a run directory::
     .dropinf.lock              the writer lock: flock'ed by the one process writing the run
 
 Every file is written under a temporary name unique to the writing process and renamed into
-place, so a killed job never leaves a half-written file that looks complete. A shard exists only
-once all its rows are in. Only the files named here (and derived caches, and the review's
-decisions) count as dropinf's: ``clear`` deletes the run's own files and nothing else, and a
-folder holding anything else without a dropinf manifest is refused (see docs/reliability.md).
+place (``dropinf.run.files``), so a killed job never leaves a half-written file that looks
+complete. A shard exists only once all its rows are in (``dropinf.run.shards``); the manifest's
+schema and reuse rule live in ``dropinf.run.manifest``. Only the files named here (and derived
+caches, and the review's decisions) count as dropinf's: ``clear`` deletes the run's own files and
+nothing else, and a folder holding anything else without a dropinf manifest is refused (see
+docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -27,16 +29,15 @@ import fcntl
 import glob
 import json
 import os
-import re
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from dropinf.core import CompressionConfig, LayerCompressor, LayerSpec
 from dropinf.errors import (
     CorruptRunError,
     IncompleteRunError,
@@ -44,234 +45,42 @@ from dropinf.errors import (
     RunLockedError,
     RunNotFoundError,
 )
+from dropinf.run.compressors import compressor_tensors, restore_compressors
+from dropinf.run.files import (
+    atomic_write_json,
+    is_temporary,
+    load_npz,
+    now_iso,
+    read_json_object,
+    save_npy,
+    save_npz,
+    save_tensors,
+)
+from dropinf.run.shards import META_FIELDS, ShardWriter, is_shard_file, meta_path, typed_metadata
 
-FORMAT_VERSION = 2
-META_FIELDS = ("label", "prediction", "loss")
 LOCK_FILE = ".dropinf.lock"
 GRADIENTS_DIR = "gradients"
+MANIFEST_FILE = "manifest.json"
+PROGRESS_FILE = "progress.json"
+COMPRESSOR_FILE = "compressor.safetensors"
+CURVATURE_FILE = "curvature.safetensors"
+SELF_INFLUENCE_FILE = "self_influence.npy"
+TEST_SCORES_FILE = "test_scores.npy"
+TEST_META_FILE = "test_meta.npz"
 MAP_FILE = "umap.npz"
 DECISIONS_FILE = "decisions.json"
 RETRAIN_REPORT_FILE = "retrain_report.json"
 RUN_FILES = (
-    "manifest.json",
-    "progress.json",
-    "compressor.safetensors",
-    "curvature.safetensors",
-    "self_influence.npy",
-    "test_scores.npy",
-    "test_meta.npz",
+    MANIFEST_FILE,
+    PROGRESS_FILE,
+    COMPRESSOR_FILE,
+    CURVATURE_FILE,
+    SELF_INFLUENCE_FILE,
+    TEST_SCORES_FILE,
+    TEST_META_FILE,
     MAP_FILE,  # derived from the gradients: stale once the run is replaced
 )
 REVIEW_FILES = (DECISIONS_FILE, f"{DECISIONS_FILE}.lock", RETRAIN_REPORT_FILE)
-SHARD_PATTERN = re.compile(r"shard-\d{5}(\.npy|\.meta\.npz)")
-
-
-def now_iso() -> str:
-    """The current UTC time in ISO 8601."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-@contextlib.contextmanager
-def exclusive_lock(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_path`` (created if missing) for the block.
-
-    Serialises read-modify-write of a file across processes (two browser sessions, a job).
-    """
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def temporary_path(path: Path) -> Path:
-    """The temporary name ``path`` is written under before its rename: unique per process."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def is_temporary(name: str) -> bool:
-    """True for a name ``temporary_path`` (or the review's ``mkstemp``) makes."""
-    return name.startswith(".") and name.endswith(".tmp")
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a temporary file and a rename."""
-    temporary = temporary_path(path)
-    with open(temporary, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def atomic_write_json(path: Path, value: dict[str, Any]) -> None:
-    """Write ``value`` as indented JSON, atomically."""
-    atomic_write_bytes(path, json.dumps(value, indent=2, sort_keys=True).encode())
-
-
-def save_npy(path: Path, array: np.ndarray) -> None:
-    """Save one array in .npy format, atomically."""
-    temporary = temporary_path(path)
-    with open(temporary, "wb") as handle:
-        np.save(handle, array)
-    os.replace(temporary, path)
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Save named arrays in .npz format, atomically."""
-    temporary = temporary_path(path)
-    with open(temporary, "wb") as handle:
-        np.savez(handle, **arrays)
-    os.replace(temporary, path)
-
-
-def load_npz(path: Path) -> dict[str, np.ndarray]:
-    """Load named arrays from an .npz file (never unpickling objects)."""
-    with np.load(path, allow_pickle=False) as arrays:
-        return {name: arrays[name] for name in arrays.files}
-
-
-class ShardWriter:
-    """Fills one gradient shard row by row in a temporary memmap, then publishes it.
-
-    Args:
-        path: The shard's final path.
-        rows: Rows the shard will hold.
-        k: Compressed dimension.
-        dtype: Numpy dtype of the stored gradients.
-    """
-
-    def __init__(self, path: Path, rows: int, k: int, dtype: np.dtype) -> None:
-        self.path = path
-        self.rows = rows
-        self.temporary = temporary_path(path)
-        self.gradients = np.lib.format.open_memmap(
-            self.temporary, mode="w+", dtype=dtype, shape=(rows, k)
-        )
-        self.meta = {name: np.zeros(rows, dtype=np.float64) for name in META_FIELDS}
-        self.filled = 0
-
-    def append(self, gradients: np.ndarray | None, meta: dict[str, np.ndarray]) -> None:
-        """Add the next rows (None: their gradients are already in place)."""
-        stop = self.filled + len(meta["loss"])
-        if gradients is not None:
-            self.gradients[self.filled : stop] = gradients
-        for name in META_FIELDS:
-            self.meta[name][self.filled : stop] = meta[name]
-        self.filled = stop
-
-    @property
-    def full(self) -> bool:
-        """True once every row is filled."""
-        return self.filled >= self.rows
-
-    def publish(self) -> None:
-        """Flush the rows and rename the shard (metadata first) into place."""
-        self.gradients.flush()
-        del self.gradients
-        save_npz(meta_path(self.path), self.meta)
-        os.replace(self.temporary, self.path)
-
-
-class GradientWriter:
-    """Streams rows into consecutive shards of a run, publishing each shard once it is full.
-
-    Args:
-        store: The run.
-        n_rows: Rows in the whole training set.
-        shard_rows: Rows per shard (the last one may hold fewer).
-        k: Compressed dimension.
-        dtype: Numpy dtype of the stored gradients.
-    """
-
-    def __init__(
-        self, store: RunStore, n_rows: int, shard_rows: int, k: int, dtype: np.dtype
-    ) -> None:
-        self.store, self.n_rows, self.shard_rows = store, n_rows, shard_rows
-        self.k, self.dtype = k, dtype
-        self.rows_done = sum(np.load(p, mmap_mode="r").shape[0] for p in store.complete_shards())
-        self.shard: ShardWriter | None = None
-
-    def slot(self, rows: int) -> np.ndarray | None:
-        """A writable (rows, k) view of the next rows when they fit in one shard, else None.
-
-        Fill it, then call ``write(None, meta)``: the gradients skip one copy.
-        """
-        shard = self._current_shard()
-        if shard.rows - shard.filled < rows:
-            return None
-        return shard.gradients[shard.filled : shard.filled + rows]
-
-    def write(self, gradients: np.ndarray | None, meta: dict[str, np.ndarray]) -> bool:
-        """Store the next rows (None: they were written into the last ``slot``).
-
-        Returns:
-            True when at least one shard was published.
-        """
-        if gradients is None:
-            shard = self._current_shard()
-            rows = len(meta["loss"])
-            shard.append(None, meta)
-            self.rows_done += rows
-            return self._publish_if_full()
-        published = False
-        offset = 0
-        while offset < len(gradients):
-            shard = self._current_shard()
-            take = min(shard.rows - shard.filled, len(gradients) - offset)
-            part = slice(offset, offset + take)
-            shard.append(gradients[part], {name: values[part] for name, values in meta.items()})
-            offset += take
-            self.rows_done += take
-            published = self._publish_if_full() or published
-        return published
-
-    def _current_shard(self) -> ShardWriter:
-        if self.shard is None:
-            index = self.rows_done // self.shard_rows
-            rows = min(self.shard_rows, self.n_rows - index * self.shard_rows)
-            self.shard = self.store.shard_writer(index, rows, self.k, self.dtype)
-        return self.shard
-
-    def _publish_if_full(self) -> bool:
-        if not self.shard.full:
-            return False
-        self.shard.publish()
-        self.shard = None
-        return True
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``; empty when it is missing, unreadable or not an object."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def is_shard_file(path: Path) -> bool:
-    """True for a gradient shard, its metadata, or a temporary of either."""
-    return bool(SHARD_PATTERN.fullmatch(path.name)) or (
-        path.name.startswith(".shard-") and path.name.endswith(".tmp")
-    )
-
-
-def is_dropinf_manifest(manifest: dict[str, Any]) -> bool:
-    """True when a manifest carries dropinf's marker: an integer format and a dropinf version."""
-    versions = manifest.get("versions")
-    return (
-        isinstance(manifest.get("format"), int)
-        and isinstance(versions, dict)
-        and ("dropinf" in versions)
-    )
-
-
-def meta_path(shard: Path) -> Path:
-    """The metadata file beside a gradient shard."""
-    return shard.with_name(shard.name.replace(".npy", ".meta.npz"))
 
 
 class RunStore:
@@ -288,12 +97,12 @@ class RunStore:
     @property
     def manifest_path(self) -> Path:
         """``manifest.json``."""
-        return self.run_dir / "manifest.json"
+        return self.run_dir / MANIFEST_FILE
 
     @property
     def progress_path(self) -> Path:
         """``progress.json``."""
-        return self.run_dir / "progress.json"
+        return self.run_dir / PROGRESS_FILE
 
     @property
     def gradients_dir(self) -> Path:
@@ -463,7 +272,7 @@ class RunStore:
             os.close(descriptor)  # releases the flock, also when the process is killed
 
     def _locked_message(self, activity: str) -> str:
-        holder = _read_json_object(self.lock_path)
+        holder = read_json_object(self.lock_path)
         who = f"PID {holder['pid']}" if "pid" in holder else "another process"
         since = f" since {holder['since']}" if "since" in holder else ""
         return (
@@ -527,28 +336,70 @@ class RunStore:
         merged = {name: np.concatenate([meta[name] for meta in metas]) for name in META_FIELDS}
         return typed_metadata(merged)
 
-    # curvature and compressor state
-    def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
-        """Save named tensors as safetensors, atomically."""
-        temporary = temporary_path(self.artifact_path(name))
-        save_file({key: value.contiguous().cpu() for key, value in tensors.items()}, temporary)
-        os.replace(temporary, self.artifact_path(name))
+    # compressors and curvature
+    @property
+    def compressor_path(self) -> Path:
+        """``compressor.safetensors``: what rebuilds the run's compressors."""
+        return self.artifact_path(COMPRESSOR_FILE)
 
-    def load_tensors(self, name: str) -> dict[str, torch.Tensor]:
-        """Load named tensors saved with ``save_tensors``.
+    def compressor_exists(self) -> bool:
+        """True when the compressors were saved."""
+        return self.compressor_path.is_file()
+
+    def save_compressors(self, compressors: Sequence[LayerCompressor]) -> None:
+        """Save what rebuilds the run's compressors (dropout masks; the rest is the seed)."""
+        save_tensors(self.compressor_path, compressor_tensors(compressors))
+
+    def load_compressors(
+        self, specs: Sequence[LayerSpec], compression: CompressionConfig
+    ) -> list[LayerCompressor]:
+        """The run's compressors, one per captured layer, on the CPU.
+
+        Args:
+            specs: The captured layers, in capture order.
+            compression: The run's compression config.
 
         Raises:
-            IncompleteRunError: The file has not been written yet.
+            IncompleteRunError: The compressors have not been saved yet.
         """
-        path = self.artifact_path(name)
-        if not path.is_file():
-            raise IncompleteRunError(f"run {self.run_dir} has no {name} yet")
-        return load_file(path)
+        return restore_compressors(
+            load_file(self._existing(self.compressor_path)), specs, compression
+        )
+
+    @property
+    def curvature_path(self) -> Path:
+        """``curvature.safetensors``: the fitted curvature's state."""
+        return self.artifact_path(CURVATURE_FILE)
+
+    def curvature_exists(self) -> bool:
+        """True when the curvature was saved."""
+        return self.curvature_path.is_file()
+
+    def save_curvature(self, state: dict[str, torch.Tensor]) -> None:
+        """Save the fitted curvature's state (``Curvature.state``)."""
+        save_tensors(self.curvature_path, state)
+
+    def load_curvature(self) -> dict[str, torch.Tensor]:
+        """The fitted curvature's state (``Curvature.from_state`` rebuilds it).
+
+        Raises:
+            IncompleteRunError: The curvature has not been saved yet.
+        """
+        return load_file(self._existing(self.curvature_path))
 
     # results
+    @property
+    def self_influence_path(self) -> Path:
+        """``self_influence.npy``."""
+        return self.artifact_path(SELF_INFLUENCE_FILE)
+
+    def self_influence_exists(self) -> bool:
+        """True when the self-influence was saved."""
+        return self.self_influence_path.is_file()
+
     def save_self_influence(self, values: np.ndarray) -> None:
         """Save the self-influence of every training example."""
-        save_npy(self.artifact_path("self_influence.npy"), values)
+        save_npy(self.self_influence_path, values)
 
     def self_influence(self) -> np.ndarray:
         """Self-influence of every training example, (n_train,).
@@ -556,39 +407,42 @@ class RunStore:
         Raises:
             IncompleteRunError: The run has not computed it yet.
         """
-        return self._load_array("self_influence.npy")
+        return self._load_array(self.self_influence_path)
+
+    @property
+    def test_scores_path(self) -> Path:
+        """``test_scores.npy``."""
+        return self.artifact_path(TEST_SCORES_FILE)
 
     def save_test_scores(self, scores: np.ndarray, meta: dict[str, np.ndarray]) -> None:
         """Save test-by-train scores and the test examples' label, prediction and loss."""
-        save_npz(self.artifact_path("test_meta.npz"), meta)
-        save_npy(self.artifact_path("test_scores.npy"), scores)
+        save_npz(self.artifact_path(TEST_META_FILE), meta)
+        save_npy(self.test_scores_path, scores)
 
     def test_scores_exist(self) -> bool:
         """True when test scores were saved."""
-        return self.artifact_path("test_scores.npy").is_file()
+        return self.test_scores_path.is_file()
 
     def test_scores(self) -> np.ndarray:
         """Test-by-train influence scores, (n_test, n_train); + = proponent."""
-        return self._load_array("test_scores.npy", mmap=True)
+        return self._load_array(self.test_scores_path, mmap=True)
 
     def test_metadata(self) -> dict[str, np.ndarray]:
         """Label, prediction and loss of the scored test examples."""
-        path = self.artifact_path("test_meta.npz")
+        path = self.artifact_path(TEST_META_FILE)
         if not path.is_file():
             raise IncompleteRunError(f"run {self.run_dir} has no test scores yet")
         return typed_metadata(load_npz(path))
 
-    def _load_array(self, name: str, mmap: bool = False) -> np.ndarray:
-        path = self.artifact_path(name)
+    def _load_array(self, path: Path, mmap: bool = False) -> np.ndarray:
+        return np.load(self._existing(path), mmap_mode="r" if mmap else None, allow_pickle=False)
+
+    def _existing(self, path: Path) -> Path:
+        """``path``, once the run has written it.
+
+        Raises:
+            IncompleteRunError: It has not been written yet.
+        """
         if not path.is_file():
-            raise IncompleteRunError(f"run {self.run_dir} has no {name} yet")
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-
-
-def typed_metadata(meta: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Labels and predictions as int64 (-1 where unknown), losses as float64."""
-    return {
-        "label": meta["label"].astype(np.int64),
-        "prediction": meta["prediction"].astype(np.int64),
-        "loss": meta["loss"].astype(np.float64),
-    }
+            raise IncompleteRunError(f"run {self.run_dir} has no {path.name} yet")
+        return path

@@ -1,15 +1,13 @@
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dropinf import dashboard as gradient_map
 from dropinf.core import CompressionConfig, cross_entropy_per_sample
+from dropinf.dashboard import gradient_map
 from dropinf.engine import InfluenceEngine
 from dropinf.errors import IncompleteRunError
 from dropinf.run import RunStore
@@ -83,12 +81,6 @@ def test_cache_roundtrip_and_staleness(tmp_path):
     assert info["whitened"] is True and info["seed"] == 3
     RunStore(tmp_path).write_manifest({"status": "complete", "n_train": 5})
     assert gradient_map.load_gradient_map(tmp_path) is None  # the run changed under the map
-
-
-def test_map_command():
-    command = gradient_map.map_command("/runs/x", whiten=False, seed=2)
-    assert command == [sys.executable, "-m", "dropinf", "map", "--run", "/runs/x", "--seed", "2",
-                       "--no-whiten"]  # fmt: skip
 
 
 @pytest.mark.slow

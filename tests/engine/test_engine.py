@@ -324,7 +324,7 @@ def test_killed_fit_resumes_to_the_same_scores(tmp_path) -> None:
     interrupted = InfluenceEngine(make_cnn(5), cross_entropy_per_sample, run_dir=run, **RUN_KWARGS)
     assert interrupted.store.status == "running"
     rows_before = interrupted.store.read_manifest()["rows_done"]
-    assert 96 <= rows_before < 300
+    assert 48 <= rows_before < 300  # a kill may land between a shard and its manifest entry
     train, test = make_data("cnn", 300, 17), make_data("cnn", 6, 18)
     resumed = interrupted.fit(train, batch_size=16).pairwise_scores(test)
     fresh = InfluenceEngine(

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from dropinf import models as train_module
 from dropinf.errors import ConfigError, DataModelMismatchError
 from dropinf.models import (
     DEMO_RECIPE,
@@ -26,6 +25,7 @@ from dropinf.models import (
     torch_threads,
     train_model,
 )
+from dropinf.models import training as train_module
 
 # Measured with DEMO_RECIPE (small_cnn, 12 epochs, AdamW 1e-3, batch 64), one thread, seeds 0-4:
 # clean digits test accuracy 0.969-0.972; the demo (10% symmetric noise) 0.961-0.983 (seed 0:

@@ -243,6 +243,30 @@ def test_flags_persist_and_lead_the_queue(computed_app: AppTest, home: Path) -> 
 
 
 @pytest.mark.slow
+def test_undo_reverts_in_order_across_sessions_and_goes_back(
+    computed_app: AppTest, home: Path
+) -> None:
+    from dropinf import review
+
+    at = open_page(computed_app, "pages/label_issues.py")
+    run_dir = run_dir_of(at, home)
+    before = review.load_decisions(run_dir)
+    first = at.selectbox(key="queue_pick").value
+    at.button(key="keep").click().run()
+    second = at.selectbox(key="queue_pick").value
+    at.button(key="remove").click().run()
+    assert_clean(at)
+    other = open_page(new_app({"run": run_dir.name}), "pages/label_issues.py")
+    other.button(key="undo").click().run()
+    assert_clean(other)
+    assert other.selectbox(key="queue_pick").value == second, "back to the undone example"
+    assert review.load_decisions(run_dir)[first].action == "keep"
+    other.button(key="undo").click().run()
+    assert other.selectbox(key="queue_pick").value == first
+    assert review.load_decisions(run_dir) == before
+
+
+@pytest.mark.slow
 def test_retrain_reports_before_and_after(computed_app: AppTest) -> None:
     at = open_page(computed_app, "pages/label_issues.py")
     at.button(key="retrain").click().run()

@@ -151,10 +151,10 @@ def test_a_run_of_an_older_format_gets_a_clear_message(tmp_path: Path) -> None:
 KILLED_FIT = textwrap.dedent(
     """
     import os, sys
-    import dropinf.engine
+    import dropinf.engine.phases
     from tests.run.test_run_integrity import make_engine, make_test, make_train
 
-    dropinf.engine.facade.PROGRESS_INTERVAL = float("inf")  # a deterministic number of publishes
+    dropinf.engine.phases.PROGRESS_INTERVAL = float("inf")  # a deterministic number of publishes
     kill_at, calls, replace = int(sys.argv[2]), [0], os.replace
 
     def publish(source, target):
@@ -212,7 +212,7 @@ def test_compressors_saved_without_their_manifest_entry_are_rebuilt(tmp_path: Pa
     expected = scores_of(make_engine(tmp_path / "whole").fit(make_train(), 8, make_test()))
     engine = make_engine(tmp_path / "run").fit(make_train(), 8, make_test())
     engine.store.update_manifest(k=None, shard_rows=None, status="running")  # killed in between
-    for path in [*engine.store.complete_shards(), engine.store.artifact_path("self_influence.npy")]:
+    for path in [*engine.store.complete_shards(), engine.store.self_influence_path]:
         path.unlink()
     resumed = make_engine(tmp_path / "run").fit(make_train(), 8, make_test())
     for got, want in zip(scores_of(resumed), expected, strict=True):

@@ -12,12 +12,10 @@ from pathlib import Path
 import pytest
 
 from dropinf.core import CompressionConfig, CurvatureConfig
-from dropinf.errors import ConfigError
 from dropinf.run import (
     JobRunner,
     RunRequest,
     SyncJobRunner,
-    compute_command,
     job_dir,
     job_log_path,
     job_status,
@@ -73,28 +71,6 @@ def test_run_dir_for_is_under_runs_dir(tmp_path, monkeypatch):
     run_dir = run_dir_for(make_request(), "ab" * 32, "cd" * 32)
     assert run_dir.parent == tmp_path / "runs"
     assert run_dir.name == run_key(make_request(), "ab" * 32, "cd" * 32)
-
-
-def test_compute_command_spells_the_request():
-    request = RunRequest(
-        Path("m.pt"), "digits", CompressionConfig(keep_ratio=0.5, seed=3, mask="uniform"),
-        CurvatureConfig(kind="block", damping=0.01), device="cuda", batch_size=64,
-    )  # fmt: skip
-    command = compute_command(request, Path("/runs/x"))
-    assert command[:4] == [sys.executable, "-m", "dropinf", "compute"]
-    options = dict(zip(command[4::2], command[5::2], strict=True))
-    assert options == {
-        "--model": "m.pt", "--data": "digits", "--method": "dropout", "--keep-ratio": "0.5",
-        "--mask": "uniform", "--seed": "3", "--curvature": "block", "--batch-size": "64",
-        "--device": "cuda", "--out": "/runs/x", "--damping": "0.01",
-    }  # fmt: skip
-
-
-def test_compute_command_refuses_options_the_cli_cannot_pass():
-    request = RunRequest(Path("m.pt"), "digits", CompressionConfig(calibration_batches=8),
-                         CurvatureConfig())  # fmt: skip
-    with pytest.raises(ConfigError, match="calibration_batches"):
-        compute_command(request, Path("/runs/x"))
 
 
 def test_absent_run(tmp_path):

@@ -1,0 +1,108 @@
+"""Content-addressed runs: what a run is asked for, its key and directory, and the listing.
+
+A run is named by what determines its scores: the checkpoint's sha256, the data fingerprint and
+the compression and curvature configs. The same request therefore always maps to the same run
+directory under ``paths.runs_dir()``, which is reused after a server restart and shared by every
+browser session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dropinf import paths
+from dropinf.core import CompressionConfig, CurvatureConfig
+from dropinf.run.jobs import COMPUTE_JOB, job_file, job_status, read_run_manifest
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the user asked to compute: model, data and the two stage configs.
+
+    Attributes:
+        checkpoint: Path of the model checkpoint.
+        data_spec: Dataset spec understood by ``dropinf.data.load_data``.
+        compression: How per-sample gradients are compressed.
+        curvature: How the compressed Fisher is formed and damped.
+        device: Device of the compute job (does not change the run key).
+        batch_size: Batch size of the compute job (does not change the run key).
+    """
+
+    checkpoint: Path
+    data_spec: str
+    compression: CompressionConfig
+    curvature: CurvatureConfig
+    device: str = "cpu"
+    batch_size: int = 256
+
+
+def run_key(request: RunRequest, checkpoint_sha256: str, data_fingerprint: str) -> str:
+    """The content address of a run: 16 hex digits of a sha256.
+
+    Only what changes the scores enters the key: the checkpoint contents, the data contents and
+    the two configs. The checkpoint's path, the data spec's spelling, the device and the batch
+    size do not.
+
+    Args:
+        request: The run request.
+        checkpoint_sha256: sha256 of the checkpoint file.
+        data_fingerprint: The dataset bundle's fingerprint.
+
+    Returns:
+        The run key.
+    """
+    identity = {
+        "checkpoint_sha256": checkpoint_sha256,
+        "data_fingerprint": data_fingerprint,
+        "compression": request.compression.to_dict(),
+        "curvature": request.curvature.to_dict(),
+    }
+    encoded = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+def run_dir_for(request: RunRequest, checkpoint_sha256: str, data_fingerprint: str) -> Path:
+    """The run directory of a request: ``paths.runs_dir() / run_key(...)`` (not created)."""
+    return paths.runs_dir() / run_key(request, checkpoint_sha256, data_fingerprint)
+
+
+def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
+    """One row per run directory under ``root``, newest first.
+
+    Args:
+        root: Folder of run directories; ``paths.runs_dir()`` when None.
+
+    Returns:
+        Dicts with ``key``, ``status``, ``method``, ``keep_ratio``, ``k``, ``n_train``,
+        ``created``, ``arch``, ``data_spec`` and ``path``.
+    """
+    root = Path(root) if root is not None else paths.runs_dir()
+    run_dirs = [path for path in sorted(root.iterdir()) if path.is_dir() and path.name[0] != "."]
+    rows = [_run_row(run_dir) for run_dir in run_dirs]
+    rows = [row for row in rows if row is not None]
+    return sorted(rows, key=lambda row: row["created"] or "", reverse=True)
+
+
+def _run_row(run_dir: Path) -> dict[str, Any] | None:
+    manifest = read_run_manifest(run_dir) or None
+    if manifest is None and not job_file(run_dir, COMPUTE_JOB, "lock").exists():
+        return None
+    manifest = manifest or {}
+    compression = manifest.get("compression") or {}
+    provenance = manifest.get("provenance") or {}
+    return {
+        "key": run_dir.name,
+        "status": job_status(run_dir).state,
+        "method": compression.get("method"),
+        "keep_ratio": compression.get("keep_ratio"),
+        "k": manifest.get("k"),
+        "n_train": manifest.get("n_train"),
+        "created": manifest.get("created"),
+        "arch": provenance.get("arch"),
+        "data_spec": provenance.get("data_spec"),
+        "path": str(run_dir),
+    }

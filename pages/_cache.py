@@ -1,0 +1,172 @@
+"""Cached loaders of the dashboard: what is loaded or computed once per server, and the jobs.
+
+Datasets, checkpoints, reopened influence engines and queries are cached by their inputs (the
+cache keys); a run's review object is cached per run and manifest version. Background jobs run in
+one runner per server, or synchronously in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+
+from dropinf import dashboard as views
+from dropinf import data, models, paths
+from dropinf import run as runs
+from dropinf.core import CompressionConfig, CurvatureConfig
+from dropinf.review import RunReview
+from dropinf.run import RunStore
+from pages._state import SYNC_KEY, Context
+
+
+@st.cache_resource(show_spinner="Loading the dataset…", max_entries=8)
+def load_bundle(spec: str) -> data.DatasetBundle:
+    """The dataset of a spec, loaded once per server.
+
+    Raises:
+        DatasetError: When the spec cannot be read.
+    """
+    return data.load_data(spec)
+
+
+@st.cache_resource(show_spinner="Loading the checkpoint…", max_entries=8)
+def load_model(checkpoint: str, arch: str | None, arch_args: str) -> models.LoadedCheckpoint:
+    """The model of a checkpoint, loaded once per server (eval mode).
+
+    Raises:
+        CheckpointError: When the checkpoint cannot be read or does not fit the architecture.
+    """
+    return models.load_checkpoint(checkpoint, arch=arch, arch_args=json.loads(arch_args) or None)
+
+
+def load_context(context: Context) -> tuple[models.LoadedCheckpoint, data.DatasetBundle]:
+    """The model and dataset of a context, checked to lie in the readable folders and to fit.
+
+    Raises:
+        ConfigError: When the checkpoint or the data lies outside the readable folders.
+        DropinfError: When either cannot be loaded or they do not fit.
+    """
+    checkpoint = paths.confine(context.checkpoint)
+    bundle = load_bundle(paths.confine_data_spec(context.data_spec))
+    loaded = load_model(str(checkpoint), context.arch, context.arch_args)
+    models.check_model_fits_data(loaded.model, bundle)
+    return loaded, bundle
+
+
+def ensure_demo() -> Context:
+    """The demo context, training and caching its checkpoint on first use."""
+    with st.spinner("Preparing the demo model (first use trains a small CNN)…"):
+        checkpoint = models.ensure_demo_checkpoint()
+    return Context(checkpoint=str(checkpoint), data_spec=data.DEMO_DATA_SPEC, title="demo")
+
+
+def run_review(store: RunStore, bundle: data.DatasetBundle) -> RunReview:
+    """The review of a complete run, with the dataset's class names (cached per run version)."""
+    stamp = store.manifest_path.stat().st_mtime_ns
+    return _run_review(str(store.run_dir), tuple(bundle.class_names), stamp)
+
+
+@st.cache_resource(max_entries=8)
+def _run_review(run_dir: str, class_names: tuple[str, ...], stamp: int) -> RunReview:
+    """One ``RunReview`` per run, class names and manifest version (``stamp``)."""
+    return RunReview(RunStore(run_dir), class_names)
+
+
+@st.cache_data(show_spinner="Evaluating the model…", max_entries=16)
+def model_facts(context: Context) -> dict[str, Any]:
+    """Parameters, capturable layers, accuracies and class balance of a model + dataset pair.
+
+    Args:
+        context: The loaded context (the cache key).
+
+    Returns:
+        ``parameters`` (int), ``layers`` (DataFrame, ``views.layer_table``), ``train_accuracy``
+        and ``test_accuracy`` (floats), ``class_balance`` (DataFrame, ``views.class_balance``).
+    """
+    loaded, bundle = load_context(context)
+    train_accuracy, _ = models.evaluate(loaded.model, bundle.train)
+    test_accuracy, _ = models.evaluate(loaded.model, bundle.test)
+    return {
+        "parameters": models.count_parameters(loaded.model),
+        "layers": views.layer_table(loaded.model),
+        "train_accuracy": train_accuracy,
+        "test_accuracy": test_accuracy,
+        "class_balance": views.class_balance(bundle.train.labels.numpy(), bundle.class_names),
+    }
+
+
+@st.cache_data(show_spinner="Estimating k, store size and time…", max_entries=64)
+def run_estimate(
+    context: Context, compression: CompressionConfig, curvature: CurvatureConfig
+) -> runs.RunEstimate:
+    """The estimate of a run of the loaded model + dataset (``runs.estimate_run``), cached.
+
+    Raises:
+        DropinfError: When the context cannot be loaded or the model has no capturable layer.
+    """
+    loaded, bundle = load_context(context)
+    return runs.estimate_run(loaded.model, bundle, compression, curvature)
+
+
+@st.cache_resource(show_spinner="Opening the run's influence engine…", max_entries=4)
+def influence_engine(run_dir: str, context: Context) -> Any:
+    """The complete run reopened for queries (nothing is recomputed)."""
+    from dropinf.core import cross_entropy_per_sample
+    from dropinf.engine import InfluenceEngine
+
+    loaded, _ = load_context(context)
+    return InfluenceEngine.load(run_dir, loaded.model, cross_entropy_per_sample, device="cpu")
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def training_example_scores(run_dir: str, context: Context, index: int) -> np.ndarray:
+    """(n_train,) influence of every training example on one training example (a query)."""
+    _, bundle = load_context(context)
+    inputs, label = bundle.train[index]
+    batch = (inputs.unsqueeze(0), label.reshape(1))
+    return influence_engine(run_dir, context).query(batch)[0].numpy()
+
+
+def proponents_table(review: RunReview, context: Context, index: int, k: int) -> pd.DataFrame:
+    """The k strongest proponents of a training example among the others."""
+    row = training_example_scores(str(review.run_dir), context, index)
+    meta = review.metadata
+    return views.top_influences(
+        row, k, labels=meta["label"], predictions=meta["prediction"], exclude=[index]
+    )
+
+
+def predict(context: Context, inputs: torch.Tensor) -> int:
+    """The model's predicted class of a one-example batch."""
+    loaded, _ = load_context(context)
+    with torch.no_grad():
+        return int(loaded.model(inputs).argmax(dim=1)[0])
+
+
+def query_scores(run_dir: str, context: Context, inputs: torch.Tensor, label: int) -> np.ndarray:
+    """(n_train,) influence of every training example on a new example (a run query)."""
+    batch = (inputs, torch.tensor([label], dtype=torch.int64))
+    return influence_engine(run_dir, context).query(batch)[0].numpy()
+
+
+def job_runner() -> runs.JobRunner:
+    """The runner of background jobs: synchronous in tests, child processes otherwise.
+
+    Tests swap in ``runs.SyncJobRunner`` by setting ``st.session_state["dropinf_sync_jobs"]`` or
+    the environment variable ``DROPINF_SYNC_JOBS=1``.
+    """
+    if st.session_state.get(SYNC_KEY) or os.environ.get("DROPINF_SYNC_JOBS") == "1":
+        return runs.SyncJobRunner()
+    return _background_runner()
+
+
+@st.cache_resource
+def _background_runner() -> runs.JobRunner:
+    """The one background runner of this server process (it reaps its children)."""
+    return runs.JobRunner()
