@@ -129,8 +129,8 @@ class CurvatureConfig:
             layer, the Kronecker product of the kept input and output-gradient covariances),
             ``ekfac`` (K-FAC's eigenbasis with eigenvalues refitted on the stored gradients),
             ``identity`` (no curvature: gradient similarity, TracIn-like) or ``auto`` (``full``
-            when k is at most ``max_full_dim``, else ``block``). ``kfac`` and ``ekfac`` give the
-            coordinates of flat layers a diagonal.
+            when k is at most ``max_full_dim``, else ``ekfac``; ``block`` for projections).
+            ``kfac`` and ``ekfac`` give the coordinates of flat layers a diagonal.
         damping: λ added to the diagonal. None means ``damping_ratio · mean(diag F)`` (for
             ``kfac`` / ``ekfac``: per layer, ``damping_ratio`` · the layer's mean eigenvalue).
         damping_ratio: The factor of the default damping.
@@ -149,11 +149,22 @@ class CurvatureConfig:
         _check_positive("damping_ratio", self.damping_ratio)
         _check_int("max_full_dim", self.max_full_dim, 1)
 
-    def resolve_kind(self, total_dim: int) -> str:
-        """The concrete kind (``full``, ``block`` or ``identity``) for a compressed dimension."""
+    def resolve_kind(self, total_dim: int, kronecker_factored: bool = True) -> str:
+        """The concrete kind ``auto`` stands for at a compressed dimension.
+
+        ``full`` up to ``max_full_dim``; above it ``ekfac`` (memory independent of N and far
+        below the exact blocks' k_b²) when the kept blocks have Kronecker factors (dropout masks,
+        identity), else ``block`` (projections, whose coordinates have none).
+
+        Args:
+            total_dim: The run's compressed dimension k.
+            kronecker_factored: Whether the compressor keeps blocks with Kronecker factors.
+        """
         if self.kind != "auto":
             return self.kind
-        return "full" if total_dim <= self.max_full_dim else "block"
+        if total_dim <= self.max_full_dim:
+            return "full"
+        return "ekfac" if kronecker_factored else "block"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of this config."""

@@ -83,7 +83,7 @@ class KroneckerBlock:
             "output_basis": self.output_basis,
             "input_basis": self.input_basis,
             "eigenvalues": self.eigenvalues,
-            "damping": torch.tensor([self.damping]),
+            "damping": torch.tensor([self.damping], dtype=torch.float64),
         }
 
 
@@ -106,7 +106,10 @@ class DiagonalBlock:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """What to save of this block."""
-        return {"diagonal": self.diagonal, "damping": torch.tensor([self.damping])}
+        return {
+            "diagonal": self.diagonal,
+            "damping": torch.tensor([self.damping], dtype=torch.float64),
+        }
 
 
 def shard_chunks(

@@ -20,6 +20,8 @@ class LayerSpec:
         out_units: Output features / channels; 0 for flat layers.
         patch: Kernel positions per input channel (kh·kw for conv2d, 1 otherwise).
         has_bias: Whether the layer's bias is captured with it.
+        module: Class name of the module the parameters belong to (``Conv2d``,
+            ``BatchNorm2d``...): says in the manifest's layer table how a norm is attributed.
     """
 
     name: str
@@ -28,6 +30,7 @@ class LayerSpec:
     out_units: int = 0
     patch: int = 1
     has_bias: bool = False
+    module: str = ""
 
     @property
     def is_factored(self) -> bool:
@@ -52,6 +55,7 @@ class LayerSpec:
             "out_units": self.out_units,
             "patch": self.patch,
             "has_bias": self.has_bias,
+            "module": self.module,
         }
 
 
@@ -82,12 +86,14 @@ def is_factorable_conv(module: nn.Conv2d) -> bool:
 def factored_spec(name: str, module: nn.Module) -> LayerSpec | None:
     """The spec of a Linear / factorable Conv2d, or None for any other module."""
     has_bias = getattr(module, "bias", None) is not None and module.bias.requires_grad
+    kind = type(module).__name__
     if isinstance(module, nn.Linear):
-        return LayerSpec(name, "linear", module.in_features, module.out_features, 1, has_bias)
+        return LayerSpec(name, "linear", module.in_features, module.out_features, 1, has_bias, kind)
     if isinstance(module, nn.Conv2d) and is_factorable_conv(module):
         kernel_h, kernel_w = module.kernel_size
+        patch = kernel_h * kernel_w
         return LayerSpec(
-            name, "conv2d", module.in_channels, module.out_channels, kernel_h * kernel_w, has_bias
+            name, "conv2d", module.in_channels, module.out_channels, patch, has_bias, kind
         )
     return None
 
@@ -117,5 +123,6 @@ def discover_layers(model: nn.Module) -> CaptureLayout:
     for name, parameter in model.named_parameters():
         if parameter.requires_grad and id(parameter) not in covered:
             layout.flat_parameters[name] = parameter
-            layout.specs.append(LayerSpec(name, "flat", parameter.numel()))
+            owner = type(model.get_submodule(name.rpartition(".")[0])).__name__
+            layout.specs.append(LayerSpec(name, "flat", parameter.numel(), module=owner))
     return layout

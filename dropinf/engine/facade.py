@@ -32,9 +32,11 @@ from dropinf.core import (
 from dropinf.engine import phases
 from dropinf.engine.arguments import check_fit_arguments, resolve_device
 from dropinf.engine.fingerprint import dataset_fingerprint
-from dropinf.engine.scoring import batch_metadata, influence_scores
+from dropinf.engine.scoring import ShardReader, batch_metadata, influence_scores, score_array
 from dropinf.errors import IncompleteRunError
 from dropinf.run import RunStore, check_format
+
+SCORE_MEMORY_BYTES = 2**30
 
 
 class InfluenceEngine:
@@ -55,6 +57,8 @@ class InfluenceEngine:
         provenance: Free-form facts saved in the manifest (checkpoint hash, data spec...).
         show_progress: Show a tqdm bar with examples/s while fitting.
         shard_rows: Rows per gradient shard; None sizes shards to about 64 MiB.
+        score_memory_bytes: The largest ``pairwise_scores`` result kept in memory; a larger
+            one is written to a memmap beside the run (its file unlinked at once).
 
     Raises:
         NoCapturableLayerError: The model has no Linear or Conv2d layer.
@@ -74,6 +78,7 @@ class InfluenceEngine:
         provenance: dict[str, Any] | None = None,
         show_progress: bool = False,
         shard_rows: int | None = None,
+        score_memory_bytes: int = SCORE_MEMORY_BYTES,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -84,10 +89,12 @@ class InfluenceEngine:
         self.store_dtype = store_dtype or (dtype if dtype == torch.float64 else torch.float16)
         self.overwrite, self.provenance = overwrite, provenance or {}
         self.show_progress, self.shard_rows = show_progress, shard_rows
+        self.score_memory_bytes = score_memory_bytes
         self.layout = discover_layers(self.model)
         self._temporary = None if run_dir else tempfile.TemporaryDirectory(prefix="dropinf-")
         self.store = RunStore(run_dir or self._temporary.name)
         self.progress = phases.ProgressWriter(self.store)
+        self.reader = ShardReader(self.store)
         self.capture: GradientCapture | None = None
         self.curvature: Curvature | None = None
 
@@ -132,6 +139,7 @@ class InfluenceEngine:
         check_fit_arguments(train_dataset, batch_size, test_dataset)
         fingerprint = data_fingerprint or dataset_fingerprint(train_dataset)
         self.store.check_location()
+        self.reader.reset()
         with self.store.writer_lock():
             self.store.remove_temporaries()  # of killed writers: the lock says none is alive
             phases.fit_locked(self, train_dataset, batch_size, fingerprint, test_dataset)
@@ -140,11 +148,15 @@ class InfluenceEngine:
     def pairwise_scores(self, test_dataset: Dataset, batch_size: int = 256) -> torch.Tensor:
         """Influence of every training example on every test example.
 
+        The test gradients are preconditioned once and the stored shards read once; a result
+        larger than ``score_memory_bytes`` is a memmap (its file already unlinked: the space
+        is freed with the tensor).
+
         Returns:
             (n_test, n_train) scores in the engine dtype; positive = proponent.
         """
         gradients, _ = self.test_gradients(test_dataset, batch_size)
-        return self._scores(gradients)
+        return self.scores_of_gradients(gradients)
 
     def query(self, test_batch: Sequence[torch.Tensor]) -> torch.Tensor:
         """Score new test examples against the stored training gradients, without refitting.
@@ -157,7 +169,7 @@ class InfluenceEngine:
         """
         self._require_fitted()
         captured = self.capture.capture(self.loss_fn, self._batch(test_batch))
-        return self._scores(captured.gradients.to(self.dtype))
+        return self.scores_of_gradients(captured.gradients.to(self.dtype))
 
     def test_gradients(
         self, test_dataset: Dataset, batch_size: int = 256
@@ -208,8 +220,14 @@ class InfluenceEngine:
         phases.restore_state(engine)
         return engine
 
-    def _scores(self, test_gradients: torch.Tensor) -> torch.Tensor:
-        return influence_scores(self.curvature, test_gradients, self.store, self.device, self.dtype)
+    def scores_of_gradients(self, test_gradients: torch.Tensor) -> torch.Tensor:
+        """(m, n_train) scores of compressed test gradients (m, k) against the stored ones."""
+        self._require_fitted()
+        n_test, n_train = test_gradients.shape[0], self.reader.n_rows
+        out = score_array(n_test, n_train, self.dtype, self.score_memory_bytes, self.store.run_dir)
+        return influence_scores(
+            self.curvature, test_gradients, self.reader, self.device, self.dtype, out
+        )
 
     def _require_fitted(self) -> None:
         if self.capture is None or self.curvature is None:

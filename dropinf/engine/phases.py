@@ -8,8 +8,10 @@ self-influence the curvature phases, ``test_fingerprint`` the test scores.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,6 +22,7 @@ from dropinf import __version__
 from dropinf.core import (
     Curvature,
     GradientCapture,
+    KroneckerStats,
     LayerCompressor,
     batch_to,
     build_run_compressors,
@@ -28,20 +31,23 @@ from dropinf.core import (
 from dropinf.engine.fingerprint import dataset_fingerprint, loss_name, model_fingerprint
 from dropinf.engine.scoring import (
     batch_metadata,
-    influence_scores,
     load_curvature,
     stored_gradient_chunks,
 )
 from dropinf.errors import IncompleteRunError, RunConfigMismatchError, RunDirectoryError
 from dropinf.run import (
+    KRONECKER_KINDS,
     GradientWriter,
     Manifest,
     RunStore,
+    check_resources,
     is_dropinf_manifest,
     layer_fields,
     mismatch_message,
     new_manifest,
+    resolve_curvature_kind,
     signature_differences,
+    size_text,
 )
 
 if TYPE_CHECKING:
@@ -184,6 +190,7 @@ def _run_phases(
         restore_state(engine)
     else:
         _timed(engine.store, "calibration", calibrate, engine, train, batch_size)
+        check_run_fits(engine, len(train))
         _timed(engine.store, "gradients", store_gradients, engine, train, batch_size)
         fitted = _timed(engine.store, "curvature", fit_run_curvature, engine)
         _timed(engine.store, "self_influence", store_self_influence, engine, fitted)
@@ -240,15 +247,53 @@ def calibrate(engine: InfluenceEngine, train: Dataset, batch_size: int) -> None:
     store.update_manifest(**fields)
 
 
+def run_curvature_kind(engine: InfluenceEngine) -> str:
+    """The concrete curvature kind of the run (``auto`` resolved for its k)."""
+    k = engine.store.read_manifest()["k"]
+    return resolve_curvature_kind(engine.curvature_config, engine.compression, k)
+
+
+def check_run_fits(engine: InfluenceEngine, n_train: int) -> None:
+    """Refuse the run if the rest of its gradient store or its curvature would not fit.
+
+    With ``show_progress``, first say k, the bytes per example and the store's size on stderr.
+
+    Raises:
+        ConfigError: It would not fit (the estimate, what is available, the knobs to turn).
+    """
+    manifest = engine.store.read_manifest()
+    k, itemsize = manifest["k"], engine.store_dtype.itemsize
+    kind = run_curvature_kind(engine)
+    if engine.show_progress:
+        print(
+            f"k = {k} ({k * itemsize} bytes per example), gradient store "
+            f"{size_text(k * itemsize * n_train)} for {n_train} examples, curvature {kind}",
+            file=sys.stderr,
+        )
+    check_resources(
+        engine.store.run_dir,
+        n_train - manifest["rows_done"],
+        itemsize,
+        kind,
+        engine.capture.compressors,
+        n_train,
+        engine.dtype.itemsize,
+    )
+
+
 def store_gradients(engine: InfluenceEngine, train: Dataset, batch_size: int) -> None:
-    """Capture and store compressed gradients from the first row not yet stored."""
+    """Capture and store compressed gradients from the first shard not yet stored.
+
+    Batches are cut per shard, so a shard's K-FAC statistics (kept for ``kfac`` / ``ekfac``)
+    are the sums over exactly its rows, whatever the batch size, also on resume.
+    """
     store = engine.store
     manifest = store.read_manifest()
     n_train, k = manifest["n_train"], manifest["k"]
     numpy_dtype = torch.empty(0, dtype=engine.store_dtype).numpy().dtype
     writer = GradientWriter(store, n_train, manifest["shard_rows"], k, numpy_dtype)
+    keeps_statistics = run_curvature_kind(engine) in KRONECKER_KINDS
     first_row, started = writer.rows_done, time.perf_counter()
-    loader = DataLoader(Subset(train, range(first_row, n_train)), batch_size)
     bar = tqdm(
         total=n_train,
         initial=first_row,
@@ -257,22 +302,49 @@ def store_gradients(engine: InfluenceEngine, train: Dataset, batch_size: int) ->
         disable=not engine.show_progress,
         dynamic_ncols=True,
     )
-    for batch in loader:
-        slot = writer.slot(len(batch[0])) if engine.device.type == "cpu" else None
-        out = None if slot is None else torch.from_numpy(slot)
-        inputs = batch_to(batch, engine.device, engine.model_dtype)
-        captured = engine.capture.capture(engine.loss_fn, inputs, engine.store_dtype, out)
-        gradients = None if slot is not None else captured.gradients.cpu().numpy()
-        if writer.write(gradients, batch_metadata(captured, batch)):
-            store.update_manifest(rows_done=writer.rows_done)
-        bar.update(len(batch[0]))
-        rate = (writer.rows_done - first_row) / max(time.perf_counter() - started, 1e-9)
-        engine.progress.write("gradients", writer.rows_done, n_train, rate)
+    for rows in writer.pending_shards():
+        statistics = engine.capture.kronecker_stats() if keeps_statistics else None
+        state = None if statistics is None else statistics.state
+        for batch in DataLoader(Subset(train, rows), batch_size):
+            if store_batch(engine, writer, batch, statistics, state):
+                store.update_manifest(rows_done=writer.rows_done)
+            bar.update(len(batch[0]))
+            rate = (writer.rows_done - first_row) / max(time.perf_counter() - started, 1e-9)
+            engine.progress.write("gradients", writer.rows_done, n_train, rate)
     bar.close()
+
+
+def store_batch(
+    engine: InfluenceEngine,
+    writer: GradientWriter,
+    batch: Sequence[torch.Tensor],
+    statistics: KroneckerStats | None,
+    state: Callable[[], dict[str, torch.Tensor]] | None,
+) -> bool:
+    """Capture one batch into the writer (and ``statistics``); True if a shard was published."""
+    slot = writer.slot(len(batch[0])) if engine.device.type == "cpu" else None
+    out = None if slot is None else torch.from_numpy(slot)
+    inputs = batch_to(batch, engine.device, engine.model_dtype)
+    captured = engine.capture.capture(
+        engine.loss_fn, inputs, engine.store_dtype, out, kronecker=statistics
+    )
+    gradients = None if slot is not None else captured.gradients.cpu().numpy()
+    return writer.write(gradients, batch_metadata(captured, batch), state)
+
+
+def run_kronecker_stats(store: RunStore) -> KroneckerStats:
+    """The K-FAC factor sums of the whole run: every shard's, summed key by key."""
+    total: dict[str, torch.Tensor] = {}
+    for state in store.kronecker_states():
+        total = {name: total.get(name, 0) + value for name, value in state.items()}
+    return KroneckerStats.from_state(total)
 
 
 def fit_run_curvature(engine: InfluenceEngine) -> Curvature:
     """Fit and save the curvature from the stored gradients; give the engine its solver.
+
+    ``kfac`` / ``ekfac`` sum the K-FAC statistics saved with the shards (``ekfac`` then reads
+    the shards once more for its eigenvalues).
 
     Returns:
         The fitted curvature, which knows its low-rank blocks' self-influence.
@@ -281,13 +353,16 @@ def fit_run_curvature(engine: InfluenceEngine) -> Curvature:
     engine.progress.write("curvature", 0, 1, None)
     manifest = store.read_manifest()
     dims = [layer["k"] for layer in manifest["layers"]]
+    kind = run_curvature_kind(engine)
+    statistics = run_kronecker_stats(store) if kind in KRONECKER_KINDS else None
     fitted = fit_curvature(
         store.iter_gradient_shards(),
         dims,
         manifest["n_train"],
-        engine.curvature_config,
+        dataclasses.replace(engine.curvature_config, kind=kind),
         engine.device,
         engine.dtype,
+        kronecker=statistics,
     )
     state = fitted.state(engine.dtype)
     store.save_curvature(state)
@@ -299,7 +374,8 @@ def fit_run_curvature(engine: InfluenceEngine) -> Curvature:
 def store_self_influence(engine: InfluenceEngine, fitted: Curvature) -> None:
     """Save ``g(z)ᵀ (F + λI)⁻¹ g(z)`` of every training example."""
     engine.progress.write("self_influence", 0, 1, None)
-    chunks = stored_gradient_chunks(engine.store, engine.device, engine.dtype)
+    engine.reader.reset()  # the gradient phase may have published shards since
+    chunks = stored_gradient_chunks(engine.store, engine.device, engine.dtype, reader=engine.reader)
     values = fitted.training_self_influence(chunks)
     engine.store.save_self_influence(values.to(torch.float32).numpy())
 
@@ -312,6 +388,6 @@ def store_test_scores(
     store.update_manifest(test_fingerprint=None)
     engine.progress.write("test_scores", 0, len(test), None)
     gradients, meta = engine.test_gradients(test, batch_size)
-    scores = influence_scores(engine.curvature, gradients, store, engine.device, engine.dtype)
+    scores = engine.scores_of_gradients(gradients)
     store.save_test_scores(scores.to(torch.float32).numpy(), meta)
     store.update_manifest(test_fingerprint=fingerprint)

@@ -1,12 +1,18 @@
 """Scores against a run's stored gradients: ``I(z', z) = g(z')ᵀ (F + λI)⁻¹ g(z)``.
 
-The stored training gradients are streamed shard by shard (memory independent of n_train); the
-fitted curvature is rebuilt from the run's saved state.
+The stored training gradients are streamed chunk by chunk from shards memmapped once
+(``ShardReader``; memory independent of n_train); the test gradients are preconditioned once; a
+score matrix beyond a memory budget is a memmap. The fitted curvature is rebuilt from the run's
+saved state.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,17 +20,65 @@ import torch
 from dropinf.core import CapturedBatch, Curvature
 from dropinf.run import RunStore
 
+HALF_QUERY_ROWS = 16  # up to this many test rows, float16 shards are multiplied as stored
+SCORE_CHUNK_ROWS = 4096
+
+
+class ShardReader:
+    """A run's published gradient shards, memmapped once and read in chunks.
+
+    Opened lazily and kept open, so repeated queries neither list the folder nor re-open the
+    files; ``reset`` forgets them (after a fit wrote new shards).
+    """
+
+    def __init__(self, store: RunStore) -> None:
+        """Read the shards of ``store``."""
+        self.store = store
+        self._shards: list[np.ndarray] | None = None
+
+    @property
+    def shards(self) -> list[np.ndarray]:
+        """The read-only memmaps of the published shards, in row order."""
+        if self._shards is None:
+            self._shards = list(self.store.iter_gradient_shards())
+        return self._shards
+
+    def reset(self) -> None:
+        """Forget the open shards."""
+        self._shards = None
+
+    def raw_chunks(self, rows: int = SCORE_CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, (≤ rows, k) memmapped slice) over the run, in order, not copied."""
+        start = 0
+        for shard in self.shards:
+            for offset in range(0, shard.shape[0], rows):
+                chunk = shard[offset : offset + rows]
+                yield start, chunk
+                start += chunk.shape[0]
+
+    @property
+    def n_rows(self) -> int:
+        """Rows stored."""
+        return sum(shard.shape[0] for shard in self.shards)
+
+
+def as_tensor(chunk: np.ndarray) -> torch.Tensor:
+    """A read-only memmapped chunk as a tensor, without a copy (it is never written)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns on non-writable arrays
+        return torch.from_numpy(chunk)
+
 
 def stored_gradient_chunks(
-    store: RunStore, device: torch.device, dtype: torch.dtype, rows: int = 4096
+    store: RunStore,
+    device: torch.device,
+    dtype: torch.dtype,
+    rows: int = SCORE_CHUNK_ROWS,
+    reader: ShardReader | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(first row, stored training gradients as a (rows, k) tensor) over a run, in order."""
-    start = 0
-    for shard in store.iter_gradient_shards():
-        for offset in range(0, shard.shape[0], rows):
-            chunk = torch.from_numpy(np.array(shard[offset : offset + rows]))
-            yield start, chunk.to(device=device, dtype=dtype)
-            start += chunk.shape[0]
+    for start, chunk in (reader or ShardReader(store)).raw_chunks(rows):
+        yield start, as_tensor(chunk).to(device=device, dtype=dtype)
 
 
 def load_curvature(store: RunStore, device: torch.device) -> Curvature:
@@ -35,17 +89,75 @@ def load_curvature(store: RunStore, device: torch.device) -> Curvature:
     return curvature.to(device)
 
 
+def score_array(
+    n_test: int, n_train: int, dtype: torch.dtype, budget: int, folder: Path
+) -> np.ndarray:
+    """An (n_test, n_train) array for scores: in memory, or a memmap beyond ``budget`` bytes.
+
+    The memmap's file is created in ``folder`` and unlinked at once: its space is freed when
+    the last reference to the array goes, and nothing is left behind by a killed process.
+    """
+    numpy_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    if n_test * n_train * numpy_dtype.itemsize <= budget:
+        return np.empty((n_test, n_train), dtype=numpy_dtype)
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor, name = tempfile.mkstemp(prefix=".pairwise-", suffix=".tmp", dir=folder)
+    os.close(descriptor)
+    try:
+        return np.lib.format.open_memmap(name, "w+", numpy_dtype, (n_test, n_train))
+    finally:
+        os.unlink(name)
+
+
 def influence_scores(
     curvature: Curvature,
     test_gradients: torch.Tensor,
-    store: RunStore,
+    reader: ShardReader,
     device: torch.device,
     dtype: torch.dtype,
+    out: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """(m, n_train) scores of test gradients (m, k) against every stored shard, on the CPU."""
-    preconditioned = curvature.precondition(test_gradients.to(device))  # (m, k)
-    chunks = stored_gradient_chunks(store, device, dtype)
-    return torch.cat([preconditioned @ train.T for _, train in chunks], dim=1).cpu()
+    """(m, n_train) scores of test gradients (m, k) against every stored shard, on the CPU.
+
+    The shards are read once, chunk by chunk. A few test rows against float16 shards on the
+    CPU are multiplied in float16 as stored (the rows scaled to at most 1; float32 where a
+    score would overflow): no float32 copy of the shards is made.
+
+    Args:
+        curvature: The run's fitted curvature.
+        test_gradients: (m, k) compressed test gradients.
+        reader: The run's shards.
+        device: Where to multiply.
+        dtype: Precision of the products (and of a new result).
+        out: An (m, n_train) array to fill (e.g. a memmap); None allocates one.
+
+    Returns:
+        The scores (sharing memory with ``out`` when given).
+    """
+    preconditioned = curvature.precondition(test_gradients.to(device)).to(dtype)  # (m, k)
+    scores = torch.from_numpy(out) if out is not None else None
+    parts = []
+    for start, chunk in reader.raw_chunks():
+        part = chunk_scores(preconditioned, as_tensor(chunk).to(device)).cpu()
+        if scores is None:
+            parts.append(part)
+        else:
+            scores[:, start : start + part.shape[1]] = part.to(scores.dtype)
+    return scores if scores is not None else torch.cat(parts, dim=1)
+
+
+def chunk_scores(preconditioned: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+    """``preconditioned @ chunkᵀ``, (m, rows) in the dtype of ``preconditioned``."""
+    if (
+        chunk.dtype == torch.float16
+        and chunk.device.type == "cpu"
+        and preconditioned.shape[0] <= HALF_QUERY_ROWS
+    ):
+        scale = preconditioned.abs().amax().clamp(min=torch.finfo(torch.float32).tiny)
+        half = (chunk @ (preconditioned / scale).to(torch.float16).T).T  # (m, rows)
+        if bool(torch.isfinite(half).all()):
+            return half.to(preconditioned.dtype) * scale
+    return preconditioned @ chunk.to(preconditioned.dtype).T
 
 
 def batch_metadata(captured: CapturedBatch, batch: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:

@@ -10,9 +10,24 @@ size; ``keys`` names runs by content and lists them; ``jobs`` runs background pr
 
 from __future__ import annotations
 
-from dropinf.run.estimate import RunEstimate, estimate_run
+from dropinf.run.estimate import (
+    KRONECKER_KINDS,
+    RunEstimate,
+    check_resources,
+    estimate_run,
+    resolve_curvature_kind,
+    size_text,
+)
 from dropinf.run.files import atomic_write_json, exclusive_lock, now_iso
-from dropinf.run.jobs import JobRunner, JobStatus, SyncJobRunner, job_dir, job_log_path, job_status
+from dropinf.run.jobs import (
+    JobRunner,
+    JobStatus,
+    SyncJobRunner,
+    job_dir,
+    job_log_path,
+    job_progress_path,
+    job_status,
+)
 from dropinf.run.keys import RunRequest, list_runs, run_dir_for, run_key
 from dropinf.run.manifest import (
     FORMAT_VERSION,
@@ -32,6 +47,7 @@ from dropinf.run.store import DECISIONS_FILE, MAP_FILE, RETRAIN_REPORT_FILE, Run
 __all__ = [
     "DECISIONS_FILE",
     "FORMAT_VERSION",
+    "KRONECKER_KINDS",
     "MAP_FILE",
     "RETRAIN_REPORT_FILE",
     "SIGNATURE_FIELDS",
@@ -45,19 +61,23 @@ __all__ = [
     "SyncJobRunner",
     "atomic_write_json",
     "check_format",
+    "check_resources",
     "dtype_name",
     "estimate_run",
     "exclusive_lock",
     "is_dropinf_manifest",
     "job_dir",
     "job_log_path",
+    "job_progress_path",
     "job_status",
     "layer_fields",
     "list_runs",
     "mismatch_message",
     "new_manifest",
     "now_iso",
+    "resolve_curvature_kind",
     "run_dir_for",
     "run_key",
     "signature_differences",
+    "size_text",
 ]

@@ -35,6 +35,7 @@ ACTIVE_STATES = ("queued", "running")
 # changed this recently (a `python -m dropinf compute` started from a terminal).
 EXTERNAL_RUN_STALE_S = 120.0
 _LOG_TAIL_LINES = 5
+BAD_INPUT_EXIT = 2  # the CLI's exit code for a refused input (``error: ...`` on stderr)
 _EXIT_WRAPPER = 'exit_file="$1"; shift; "$@"; code=$?; echo "$code" > "$exit_file"; exit "$code"'
 
 
@@ -142,6 +143,8 @@ class JobRunner:
     def _launch(self, command: list[str], run_dir: Path, name: str) -> subprocess.Popen[bytes]:
         for suffix in ("exit", "cancelled"):
             job_file(run_dir, name, suffix).unlink(missing_ok=True)
+        if name != COMPUTE_JOB:
+            job_progress_path(run_dir, name).unlink(missing_ok=True)
         wrapped = ["/bin/sh", "-c", _EXIT_WRAPPER, "sh", str(job_file(run_dir, name, "exit"))]
         with open(job_file(run_dir, name, "log"), "ab") as log:
             log.write(f"[{now_iso()}] $ {' '.join(command)}\n".encode())
@@ -211,7 +214,7 @@ def job_status(run_dir: Path, name: str = COMPUTE_JOB) -> JobStatus:
         dashboard (``running``) or an interrupted one (``failed``), else ``absent``.
     """
     run_dir = Path(run_dir)
-    progress = _progress_status(run_dir) if name == COMPUTE_JOB else JobStatus("running")
+    progress = _progress_status(run_dir) if name == COMPUTE_JOB else _job_progress(run_dir, name)
     lock_path = job_file(run_dir, name, "lock")
     lock = read_json_object(lock_path)
     if lock and _lock_alive(lock):
@@ -244,14 +247,38 @@ def _finished_status(
 
 
 def _failure_message(run_dir: Path, name: str, exit_code: int | None) -> str:
-    if exit_code is None:
-        reason = "the job stopped without reporting an exit code (killed?)"
-    elif exit_code == 0:
-        reason = "the job exited without completing the run"
-    else:
-        reason = f"the job exited with code {exit_code}"
+    """Why a job failed and what to change, from its exit code and the end of its log.
+
+    A refused input (exit 2, the CLI's ``error:`` line) is fixed by changing the input, so it
+    gets that line and that advice; a killed job (no exit code, a signal) is resumed by starting
+    it again; a crash names its code and the log's last lines.
+    """
     tail = _log_tail(run_dir, name)
-    return f"{reason}; start it again to resume" + (f". Last output:\n{tail}" if tail else "")
+    again = "start it again to resume" if name == COMPUTE_JOB else "start it again"
+    refusal = _error_line(run_dir, name) if exit_code == BAD_INPUT_EXIT else None
+    if refusal is not None:
+        return (
+            f"the job refused its input: {refusal}. Fix the input it names (model, data or "
+            "settings) and start it again; resuming as it is fails the same way"
+        )
+    if exit_code is None or exit_code < 0 or exit_code > 128:
+        reason = "the job was stopped before it finished (killed, e.g. out of memory or a restart)"
+        return f"{reason}; {again}" + (f". Last output:\n{tail}" if tail else "")
+    reason = "exited without completing" if exit_code == 0 else f"failed (exit code {exit_code})"
+    return (
+        f"the job {reason}; the output below says why: fix that cause before starting it again"
+        + (f". Last output:\n{tail}" if tail else "")
+    )
+
+
+def _error_line(run_dir: Path, name: str) -> str | None:
+    """The last ``error: ...`` line the CLI wrote to the job's log, or None."""
+    try:
+        lines = job_file(run_dir, name, "log").read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    errors = [line.strip() for line in lines if line.startswith("error:")]
+    return errors[-1] if errors else None
 
 
 def _external_run_status(run_dir: Path, progress: JobStatus) -> JobStatus:
@@ -262,6 +289,19 @@ def _external_run_status(run_dir: Path, progress: JobStatus) -> JobStatus:
         return _replace_state(progress, "running")
     message = "the run was interrupted (no job is writing it); start it again to resume"
     return _replace_state(progress, "failed", error=message)
+
+
+def _job_progress(run_dir: Path, name: str) -> JobStatus:
+    """The progress a named job (map, retrain) reports in ``<name>.progress``, if any."""
+    progress = read_json_object(job_progress_path(run_dir, name)) or {}
+    return JobStatus(
+        "running",
+        done=int(progress.get("done") or 0),
+        total=int(progress.get("total") or 0),
+        phase=str(progress.get("phase") or ""),
+        examples_per_s=progress.get("examples_per_s"),
+        eta_s=progress.get("eta_s"),
+    )
 
 
 def _progress_status(run_dir: Path) -> JobStatus:
@@ -309,6 +349,16 @@ def job_dir(run_dir: str | Path) -> Path:
 def job_log_path(run_dir: str | Path, name: str = COMPUTE_JOB) -> Path:
     """The output (stdout and stderr) of a run's job."""
     return job_file(Path(run_dir), name, "log")
+
+
+def job_progress_path(run_dir: str | Path, name: str) -> Path:
+    """Where a named job (map, retrain) writes its progress: ``RUN_DIR/<name>_progress.json``.
+
+    The file holds a JSON object with ``phase``, ``done``, ``total`` and optionally
+    ``examples_per_s`` and ``eta_s``; ``job_status`` reads it back, and starting the job
+    removes the last one. (The retrain job's is ``retrain_progress.json``.)
+    """
+    return Path(run_dir) / f"{name}_progress.json"
 
 
 def job_file(run_dir: Path, name: str, suffix: str) -> Path:

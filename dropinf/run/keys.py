@@ -30,6 +30,9 @@ class RunRequest:
         curvature: How the compressed Fisher is formed and damped.
         device: Device of the compute job (does not change the run key).
         batch_size: Batch size of the compute job (does not change the run key).
+        arch: Architecture the checkpoint is loaded with (``--arch``), or None for its sidecar's;
+            part of the checkpoint's identity in the run key when given.
+        arch_args: Its arguments (``--arch-args``), or None for the saved ones (or none).
     """
 
     checkpoint: Path
@@ -38,14 +41,18 @@ class RunRequest:
     curvature: CurvatureConfig
     device: str = "cpu"
     batch_size: int = 256
+    arch: str | None = None
+    arch_args: dict[str, Any] | None = None
 
 
 def run_key(request: RunRequest, checkpoint_sha256: str, data_fingerprint: str) -> str:
     """The content address of a run: 16 hex digits of a sha256.
 
-    Only what changes the scores enters the key: the checkpoint contents, the data contents and
-    the two configs. The checkpoint's path, the data spec's spelling, the device and the batch
-    size do not.
+    Only what changes the scores enters the key: the checkpoint's identity, the data contents
+    and the two configs. The checkpoint's identity is its sha256, plus the request's ``arch`` and
+    ``arch_args`` when it names them (the same weights under another architecture are another
+    model; a request relying on the sidecar keeps the key it always had). The checkpoint's
+    path, the data spec's spelling, the device and the batch size do not enter it.
 
     Args:
         request: The run request.
@@ -61,6 +68,8 @@ def run_key(request: RunRequest, checkpoint_sha256: str, data_fingerprint: str) 
         "compression": request.compression.to_dict(),
         "curvature": request.curvature.to_dict(),
     }
+    if request.arch is not None:
+        identity["architecture"] = {"arch": request.arch, "arch_args": request.arch_args or {}}
     encoded = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(encoded).hexdigest()[:16]
 

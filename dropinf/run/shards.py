@@ -1,27 +1,31 @@
 """The gradient shards of a run: written row by row, published whole.
 
 A shard ``gradients/shard-NNNNN.npy`` holds (rows, k) compressed training gradients, memmapped;
-``shard-NNNNN.meta.npz`` beside it holds the label, prediction and loss of those rows. A shard
-exists only once all its rows are in: it is filled under a temporary name and renamed into place
-(metadata first).
+``shard-NNNNN.meta.npz`` beside it holds the label, prediction and loss of those rows, and, for
+the Kronecker curvature kinds, ``shard-NNNNN.kfac.safetensors`` the K-FAC factor sums of those
+rows (``KroneckerStats.state``: summable across shards). A shard exists only once all its rows are
+in: it is filled under a temporary name and renamed into place, its metadata and statistics first,
+so a published shard always has them.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
-from dropinf.run.files import save_npz, temporary_path
+from dropinf.run.files import save_npz, save_tensors, temporary_path
 
 if TYPE_CHECKING:
     from dropinf.run.store import RunStore
 
 META_FIELDS = ("label", "prediction", "loss")
-SHARD_PATTERN = re.compile(r"shard-\d{5}(\.npy|\.meta\.npz)")
+SHARD_PATTERN = re.compile(r"shard-\d{5}(\.npy|\.meta\.npz|\.kfac\.safetensors)")
 
 
 def is_shard_file(path: Path) -> bool:
@@ -34,6 +38,11 @@ def is_shard_file(path: Path) -> bool:
 def meta_path(shard: Path) -> Path:
     """The metadata file beside a gradient shard."""
     return shard.with_name(shard.name.replace(".npy", ".meta.npz"))
+
+
+def kronecker_path(shard: Path) -> Path:
+    """The K-FAC statistics file beside a gradient shard."""
+    return shard.with_name(shard.name.replace(".npy", ".kfac.safetensors"))
 
 
 def typed_metadata(meta: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -79,16 +88,26 @@ class ShardWriter:
         """True once every row is filled."""
         return self.filled >= self.rows
 
-    def publish(self) -> None:
-        """Flush the rows and rename the shard (metadata first) into place."""
+    def publish(self, kronecker: dict[str, torch.Tensor] | None = None) -> None:
+        """Flush the rows and rename the shard into place, its metadata and statistics first.
+
+        Args:
+            kronecker: The K-FAC factor sums of exactly this shard's rows, if the run keeps them.
+        """
         self.gradients.flush()
         del self.gradients
         save_npz(meta_path(self.path), self.meta)
+        if kronecker is not None:
+            save_tensors(kronecker_path(self.path), kronecker)
         os.replace(self.temporary, self.path)
 
 
 class GradientWriter:
     """Streams rows into consecutive shards of a run, publishing each shard once it is full.
+
+    Rows are written shard by shard (``pending_shards``): a batch never straddles two shards,
+    so whatever is summed per batch (the K-FAC statistics) is exactly per shard, whatever the
+    batch size, also on resume.
 
     Args:
         store: The run.
@@ -106,38 +125,44 @@ class GradientWriter:
         self.rows_done = sum(np.load(p, mmap_mode="r").shape[0] for p in store.complete_shards())
         self.shard: ShardWriter | None = None
 
-    def slot(self, rows: int) -> np.ndarray | None:
-        """A writable (rows, k) view of the next rows when they fit in one shard, else None.
+    def pending_shards(self) -> Iterator[range]:
+        """The rows of each shard not yet published, in order (complete shards only count)."""
+        for start in range(self.rows_done, self.n_rows, self.shard_rows):
+            yield range(start, min(start + self.shard_rows, self.n_rows))
+
+    def slot(self, rows: int) -> np.ndarray:
+        """A writable (rows, k) view of the next rows of the current shard.
 
         Fill it, then call ``write(None, meta)``: the gradients skip one copy.
         """
         shard = self._current_shard()
-        if shard.rows - shard.filled < rows:
-            return None
         return shard.gradients[shard.filled : shard.filled + rows]
 
-    def write(self, gradients: np.ndarray | None, meta: dict[str, np.ndarray]) -> bool:
-        """Store the next rows (None: they were written into the last ``slot``).
+    def write(
+        self,
+        gradients: np.ndarray | None,
+        meta: dict[str, np.ndarray],
+        kronecker: Callable[[], dict[str, torch.Tensor]] | None = None,
+    ) -> bool:
+        """Store the next rows of the current shard (None: they were written into ``slot``).
+
+        Args:
+            gradients: (rows, k) gradients, or None when already in the last ``slot``.
+            meta: Label, prediction and loss of the rows.
+            kronecker: Gives the K-FAC statistics of the whole shard, published with it when
+                these rows fill it.
 
         Returns:
-            True when at least one shard was published.
+            True when the shard was published.
         """
-        if gradients is None:
-            shard = self._current_shard()
-            shard.append(None, meta)
-            self.rows_done += len(meta["loss"])
-            return self._publish_if_full()
-        published = False
-        offset = 0
-        while offset < len(gradients):
-            shard = self._current_shard()
-            take = min(shard.rows - shard.filled, len(gradients) - offset)
-            part = slice(offset, offset + take)
-            shard.append(gradients[part], {name: values[part] for name, values in meta.items()})
-            offset += take
-            self.rows_done += take
-            published = self._publish_if_full() or published
-        return published
+        shard = self._current_shard()
+        shard.append(gradients, meta)
+        self.rows_done += len(meta["loss"])
+        if not shard.full:
+            return False
+        shard.publish(None if kronecker is None else kronecker())
+        self.shard = None
+        return True
 
     def _current_shard(self) -> ShardWriter:
         if self.shard is None:
@@ -145,10 +170,3 @@ class GradientWriter:
             rows = min(self.shard_rows, self.n_rows - index * self.shard_rows)
             self.shard = self.store.shard_writer(index, rows, self.k, self.dtype)
         return self.shard
-
-    def _publish_if_full(self) -> bool:
-        if not self.shard.full:
-            return False
-        self.shard.publish()
-        self.shard = None
-        return True

@@ -7,7 +7,8 @@ Layout of a run directory::
     compressor.safetensors     dropout masks (projections are regenerated from the seed)
     gradients/shard-NNNNN.npy  (rows, k) compressed training gradients, memmapped
     gradients/shard-NNNNN.meta.npz   label, prediction, loss of those rows
-    curvature.safetensors      Cholesky factors of the damped Fisher
+    gradients/shard-NNNNN.kfac.safetensors   K-FAC factor sums of those rows (kfac / ekfac runs)
+    curvature.safetensors      the fitted curvature (Cholesky / low-rank / Kronecker blocks)
     self_influence.npy         (n_train,)
     test_scores.npy            (n_test, n_train), + = proponent
     test_meta.npz              label, prediction, loss of the test examples
@@ -56,7 +57,14 @@ from dropinf.run.files import (
     save_npz,
     save_tensors,
 )
-from dropinf.run.shards import META_FIELDS, ShardWriter, is_shard_file, meta_path, typed_metadata
+from dropinf.run.shards import (
+    META_FIELDS,
+    ShardWriter,
+    is_shard_file,
+    kronecker_path,
+    meta_path,
+    typed_metadata,
+)
 
 LOCK_FILE = ".dropinf.lock"
 GRADIENTS_DIR = "gradients"
@@ -320,6 +328,22 @@ class RunStore:
         """The published shards, memmapped read-only, in row order."""
         for path in self.complete_shards():
             yield np.load(path, mmap_mode="r")
+
+    def kronecker_states(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The K-FAC factor sums published with each shard, in order (sum them for the run's).
+
+        Raises:
+            CorruptRunError: A published shard lacks its statistics (a run computed for
+                another curvature kind, or a file removed by hand).
+        """
+        for path in self.complete_shards():
+            statistics = kronecker_path(path)
+            if not statistics.is_file():
+                raise CorruptRunError(
+                    f"expected K-FAC statistics {statistics.name} beside {path.name} in "
+                    f"{self.gradients_dir}, found none; recompute the run with --overwrite"
+                )
+            yield load_file(statistics)
 
     def gradients(self) -> np.ndarray:
         """All compressed training gradients, (n_train, k)."""

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from dropinf.cli import main
-from dropinf.core import CompressionConfig, cross_entropy_per_sample
+from dropinf.core import CompressionConfig, CurvatureConfig, cross_entropy_per_sample
 from dropinf.engine import InfluenceEngine
 from dropinf.errors import RunConfigMismatchError, RunDirectoryError, RunLockedError
 from dropinf.run import RunStore
@@ -152,6 +152,7 @@ KILLED_FIT = textwrap.dedent(
     """
     import os, sys
     import dropinf.engine.phases
+    from dropinf.core import CurvatureConfig
     from tests.run.test_run_integrity import make_engine, make_test, make_train
 
     dropinf.engine.phases.PROGRESS_INTERVAL = float("inf")  # a deterministic number of publishes
@@ -164,15 +165,16 @@ KILLED_FIT = textwrap.dedent(
         replace(source, target)
 
     os.replace = publish
-    make_engine(sys.argv[1]).fit(make_train(), batch_size=8, test_dataset=make_test())
+    curvature = CurvatureConfig(kind=sys.argv[3])
+    make_engine(sys.argv[1], curvature=curvature).fit(make_train(), 8, make_test())
     print(calls[0])
     """
 )
 
 
-def killed_fit(run_dir: Path, kill_at: int) -> subprocess.CompletedProcess:
+def killed_fit(run_dir: Path, kill_at: int, kind: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", KILLED_FIT, str(run_dir), str(kill_at)],
+        [sys.executable, "-c", KILLED_FIT, str(run_dir), str(kill_at), kind],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -185,23 +187,25 @@ def scores_of(engine: InfluenceEngine) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_a_kill_before_any_publish_resumes_to_identical_scores(tmp_path: Path) -> None:
-    complete = killed_fit(tmp_path / "whole", 0)
+@pytest.mark.parametrize("kind", ["auto", "ekfac"])  # ekfac: K-FAC statistics beside each shard
+def test_a_kill_before_any_publish_resumes_to_identical_scores(tmp_path: Path, kind: str) -> None:
+    complete = killed_fit(tmp_path / "whole", 0, kind)
     assert complete.returncode == 0, complete.stderr
     publishes = int(complete.stdout.split()[-1])
-    assert publishes >= 20  # manifest, compressors, 3 shards + metadata, curvature, scores...
-    expected = scores_of(make_engine(tmp_path / "whole"))
+    assert publishes >= (23 if kind == "ekfac" else 20)  # manifest, compressors, 3 shards...
+    curvature = CurvatureConfig(kind=kind)
+    expected = scores_of(make_engine(tmp_path / "whole", curvature=curvature))
 
     def kill_and_resume(kill_at: int) -> tuple[int, int]:
         run_dir = tmp_path / f"kill-{kill_at}"
-        killed = killed_fit(run_dir, kill_at)
+        killed = killed_fit(run_dir, kill_at, kind)
         return kill_at, killed.returncode
 
     with ThreadPoolExecutor(2) as pool:
         outcomes = list(pool.map(kill_and_resume, range(1, publishes + 1)))
     assert all(code == 9 for _, code in outcomes), outcomes
     for kill_at, _ in outcomes:
-        resumed = make_engine(tmp_path / f"kill-{kill_at}")
+        resumed = make_engine(tmp_path / f"kill-{kill_at}", curvature=curvature)
         resumed.fit(make_train(), batch_size=8, test_dataset=make_test())
         for got, want in zip(scores_of(resumed), expected, strict=True):
             assert np.array_equal(got, want), f"kill before publish {kill_at}"

@@ -300,9 +300,12 @@ def test_estimate_resolves_auto_curvature(digits_bundle):
     model = build_model("mlp", input_dim=64, num_classes=10).eval()
     compression = CompressionConfig(keep_ratio=0.25, mask="uniform")
     full = estimate_run(model, bundle, compression, CurvatureConfig())
-    block = estimate_run(model, bundle, compression, CurvatureConfig(max_full_dim=full.k - 1))
-    assert (full.curvature_kind, block.curvature_kind) == ("full", "block")
-    assert full.curvature_seconds > 0 and block.curvature_seconds > 0
+    ekfac = estimate_run(model, bundle, compression, CurvatureConfig(max_full_dim=full.k - 1))
+    projected = CompressionConfig(method="gaussian", keep_ratio=0.25)
+    block = estimate_run(model, bundle, projected, CurvatureConfig(max_full_dim=full.k - 1))
+    kinds = (full.curvature_kind, ekfac.curvature_kind, block.curvature_kind)
+    assert kinds == ("full", "ekfac", "block")  # projections have no Kronecker factors
+    assert full.curvature_seconds > 0 and ekfac.curvature_seconds > 0
 
 
 def test_curvature_flops_follow_the_factorisation_of_each_block():
