@@ -19,10 +19,13 @@ PAGES = [
         "pages/gradient_map.py",
         title="Gradient map",
         icon=":material/scatter_plot:",
-        url_path="map",
+        url_path="gradient_map",  # = the file name: deep links work before the router runs
     ),
     st.Page(
-        "pages/label_issues.py", title="Label issues", icon=":material/flag:", url_path="labels"
+        "pages/label_issues.py",
+        title="Label issues",
+        icon=":material/flag:",
+        url_path="label_issues",  # = the file name: deep links work before the router runs
     ),
 ]
 

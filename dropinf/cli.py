@@ -1,9 +1,9 @@
 """``python -m dropinf``: the engine's operations without a browser.
 
 Sub-commands: ``train`` (a registry model, or the demo), ``compute`` (a run directory the
-dashboard opens), ``map`` (the UMAP of a run's gradients) and ``retrain`` (test accuracy before
-and after label fixes). Bad input ends a command with its message and exit status 2, never a
-traceback.
+dashboard opens), ``map`` (the UMAP of a run's gradients), ``retrain`` (test accuracy before
+and after label fixes) and ``suspects`` (the ranked review queue as CSV). Bad input ends a
+command with its message and exit status 2, never a traceback.
 
 This module is also the one place that builds command lines for background jobs
 (``compute_command``, ``map_command``, ``retrain_command``): what they spell, the parser reads
@@ -124,23 +124,72 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def json_object(text: str) -> dict:
+    """An argparse type: a JSON object, e.g. ``{"num_classes": 10}``.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not one (argparse prints it and exits 2).
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object, found {text!r} ({error})"
+        ) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, found {text!r}")
+    return value
+
+
+def add_architecture_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """``--arch``, ``--arch-args`` and ``--trust-code``, for commands that build a model."""
+    saved = "the checkpoint's sidecar" if default is None else default
+    parser.add_argument(
+        "--arch",
+        default=default,
+        help=f"architecture: a registry name or package.module:callable (default {saved})",
+    )
+    parser.add_argument(
+        "--arch-args",
+        type=json_object,
+        default=None,
+        help="architecture arguments as a JSON object, e.g. '{\"num_classes\": 10}'",
+    )
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow --arch package.module:callable, which imports (runs) that code; "
+        "DROPINF_TRUST_CODE=1 does the same",
+    )
+
+
+def trust_code_of(args: argparse.Namespace) -> bool | None:
+    """True with ``--trust-code``; else None, leaving it to ``DROPINF_TRUST_CODE``."""
+    return True if args.trust_code else None
+
+
 # ---------------------------------------------------------------------------- train
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``train``."""
     parser.add_argument(
         "--demo",
-        action="store_true",
-        help="train (or reuse) the demo: small_cnn on digits with 10%% label noise",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="PRESET",
+        help="train (or reuse) an embedded demo and its checkpoint schedule: alone, small_cnn "
+        "on digits with 10%% label noise; 'memorising', an MLP that memorises 20%% label noise",
     )
-    parser.add_argument("--arch", default="small_cnn", help="architecture name (default small_cnn)")
-    parser.add_argument(
-        "--arch-args",
-        type=json.loads,
-        default={},
-        help="architecture arguments as JSON, e.g. '{\"hidden_sizes\": [64]}'",
-    )
+    add_architecture_arguments(parser, "small_cnn")
     parser.add_argument("--data", help="dataset spec: digits, digits:noise=0.1,seed=0, x.npz, dir")
     parser.add_argument("--out", type=Path, help="checkpoint path (.safetensors or .pt)")
+    parser.add_argument(
+        "--save-checkpoints",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also keep checkpoints at epochs 1, 2, 4, 8, ... and the last in DIR (new or empty)",
+    )
     add_recipe_arguments(parser)
     add_device_argument(parser)
 
@@ -167,18 +216,23 @@ def run_train(args: argparse.Namespace) -> None:
     """Train a model (or the demo) and save its checkpoint."""
     from dropinf.data import load_data
     from dropinf.errors import ConfigError
-    from dropinf.models import ensure_demo_checkpoint, save_trained, train_model
+    from dropinf.models import CheckpointSchedule, ensure_demo_checkpoint, save_trained, train_model
 
-    if args.demo:
-        print(ensure_demo_checkpoint(progress=True))
+    if args.demo is not None:
+        print(ensure_demo_checkpoint(progress=True, preset=args.demo))
         return
     if not args.data or not args.out:
         raise ConfigError("train needs --data and --out (or --demo)")
-    recipe = recipe_from_args(args, {"arch": args.arch, "arch_args": args.arch_args})
+    recipe = recipe_from_args(args, {"arch": args.arch, "arch_args": args.arch_args or {}})
     bundle = load_data(args.data)
-    result = train_model(recipe, bundle, device=args.device, progress=True)
+    schedule = None
+    if args.save_checkpoints is not None:
+        schedule = CheckpointSchedule(args.save_checkpoints, recipe, bundle)
+    trust_code = trust_code_of(args)
+    result = train_model(recipe, bundle, args.device, True, trust_code, on_epoch=schedule)
     path = save_trained(args.out, result, recipe, bundle)
-    print(json.dumps({"checkpoint": str(path), **result.metrics()}, indent=2))
+    saved = {"checkpoints": [str(p) for p in schedule.paths()]} if schedule else {}
+    print(json.dumps({"checkpoint": str(path), **result.metrics(), **saved}, indent=2))
 
 
 # -------------------------------------------------------------------------- compute
@@ -188,8 +242,9 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         required=True,
         type=Path,
-        help="checkpoint (.safetensors or .pt) with its <ckpt>.json sidecar",
+        help="checkpoint (.safetensors or .pt) with its <ckpt>.json sidecar, or with --arch",
     )
+    add_architecture_arguments(parser, None)
     parser.add_argument("--data", required=True, help="dataset spec (see `train --help`)")
     parser.add_argument("--out", required=True, type=Path, help="run directory to write")
     parser.add_argument(
@@ -244,7 +299,9 @@ def run_compute(args: argparse.Namespace) -> None:
     from dropinf.models import check_model_fits_data, load_checkpoint
 
     request = compute_request(args)
-    checkpoint = load_checkpoint(args.model)
+    checkpoint = load_checkpoint(
+        args.model, request.arch, request.arch_args, trust_code=trust_code_of(args)
+    )
     bundle = load_data(args.data)
     check_model_fits_data(checkpoint.model, bundle)
     provenance = {
@@ -299,6 +356,8 @@ def compute_request(args: argparse.Namespace) -> RunRequest:
         curvature=CurvatureConfig(kind=args.curvature, damping=args.damping),
         device=args.device if args.device is not None else str(resolve_device(None)),
         batch_size=args.batch_size,
+        arch=args.arch,
+        arch_args=args.arch_args,
     )
 
 
@@ -335,6 +394,10 @@ def compute_command(request: RunRequest, run_dir: str | Path) -> list[str]:
     }
     if curvature.damping is not None:
         options["--damping"] = repr(curvature.damping)
+    if request.arch is not None:
+        options["--arch"] = request.arch
+    if request.arch_args is not None:
+        options["--arch-args"] = json.dumps(request.arch_args, sort_keys=True)
     return [sys.executable, "-m", "dropinf", "compute", *_spell(options)]
 
 
@@ -440,7 +503,20 @@ def add_retrain_arguments(parser: argparse.ArgumentParser) -> None:
         help="decisions.json written by the label-issues page",
     )
     parser.add_argument("--seeds", type=positive_int, default=3, help="training seeds 0..N-1")
-    parser.add_argument("--out", required=True, type=Path, help="report JSON to write")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="report JSON to write; retrain_progress.json (phase, done, total, eta_s) goes next "
+        "to it while training",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="retrain 'before' too, instead of reusing the cached results of the same recipe, "
+        "data and seeds",
+    )
+    add_architecture_arguments(parser, None)
     add_recipe_arguments(parser)
     add_device_argument(parser)
 
@@ -448,14 +524,24 @@ def add_retrain_arguments(parser: argparse.ArgumentParser) -> None:
 def run_retrain(args: argparse.Namespace) -> None:
     """Retrain before and after the decided fixes and write the report."""
     from dropinf.data import load_data
-    from dropinf.models import load_checkpoint, retrain_with_fixes
+    from dropinf.models import (
+        RETRAIN_PROGRESS_FILE,
+        load_checkpoint,
+        retrain_cache_dir,
+        retrain_with_fixes,
+    )
     from dropinf.review import fixes_from_decisions, load_decisions
     from dropinf.run import atomic_write_json
 
-    checkpoint = load_checkpoint(args.model)
+    trust_code = trust_code_of(args)
+    checkpoint = load_checkpoint(args.model, args.arch, args.arch_args, trust_code=trust_code)
     saved = checkpoint.extra.get("recipe", {"arch": checkpoint.arch})
-    recipe = recipe_from_args(args, {**saved, "arch_args": checkpoint.arch_args})
+    recipe = recipe_from_args(
+        args, {**saved, "arch": checkpoint.arch, "arch_args": checkpoint.arch_args}
+    )
     removals, relabels = fixes_from_decisions(load_decisions(args.decisions, missing_ok=False))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    progress_file = args.out.parent / RETRAIN_PROGRESS_FILE
     report = retrain_with_fixes(
         recipe,
         load_data(args.data),
@@ -464,10 +550,42 @@ def run_retrain(args: argparse.Namespace) -> None:
         seeds=args.seeds,
         device=args.device,
         progress=True,
+        trust_code=trust_code,
+        cache_dir=None if args.no_cache else retrain_cache_dir(),
+        on_progress=lambda progress: atomic_write_json(progress_file, progress),
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, report.to_dict())
-    print(json.dumps(report.summary(), indent=2))
+    print(json.dumps({**report.summary(), "n_test": report.n_test}, indent=2))
+    print(report.verdict())
+
+
+# -------------------------------------------------------------------------- suspects
+def add_suspects_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``suspects``."""
+    parser.add_argument("--run", required=True, type=Path, help="a complete run directory")
+    parser.add_argument("--top", type=positive_int, default=None, help="rows written (default all)")
+    parser.add_argument("--out", required=True, type=Path, help="CSV file to write")
+
+
+def run_suspects(args: argparse.Namespace) -> None:
+    """Write the review queue's ranked training examples (the Label issues page's order)."""
+    from dropinf.data import load_data
+    from dropinf.errors import IncompleteRunError, RunNotFoundError
+    from dropinf.review import RunReview, suspects_csv
+    from dropinf.run import RunStore
+
+    if not args.run.is_dir():
+        raise RunNotFoundError(f"expected a run directory at {args.run}, found none")
+    store = RunStore(args.run)
+    if not store.is_complete():
+        raise IncompleteRunError(f"expected a complete run at {args.run}, found {store.status}")
+    data_spec = (store.read_manifest().get("provenance") or {}).get("data_spec")
+    bundle = load_data(data_spec) if data_spec else None
+    review = RunReview(store, bundle.class_names if bundle else None)
+    grid = review.grid(ids=bundle.train_ids if bundle else None)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(suspects_csv(grid, args.top))
+    print(f"{min(len(grid), args.top or len(grid)):,} suspects written to {args.out}")
 
 
 Handler = Callable[[argparse.Namespace], None]
@@ -485,5 +603,11 @@ SUBCOMMANDS: list[tuple[str, Callable[[argparse.ArgumentParser], None], Handler,
         add_retrain_arguments,
         run_retrain,
         "Retrain before and after label fixes over several seeds; report test accuracy.",
+    ),
+    (
+        "suspects",
+        add_suspects_arguments,
+        run_suspects,
+        "Write the ranked suspects of a run (the Label issues queue) as CSV.",
     ),
 ]

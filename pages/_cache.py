@@ -20,6 +20,7 @@ from dropinf import dashboard as views
 from dropinf import data, models, paths
 from dropinf import run as runs
 from dropinf.core import CompressionConfig, CurvatureConfig
+from dropinf.errors import DropinfError
 from dropinf.review import RunReview
 from dropinf.run import RunStore
 from pages._state import SYNC_KEY, Context
@@ -57,6 +58,25 @@ def load_context(context: Context) -> tuple[models.LoadedCheckpoint, data.Datase
     loaded = load_model(str(checkpoint), context.arch, context.arch_args)
     models.check_model_fits_data(loaded.model, bundle)
     return loaded, bundle
+
+
+def job_architecture(context: Context) -> tuple[str | None, dict | None]:
+    """The ``--arch`` / ``--arch-args`` a background job needs for the context's checkpoint.
+
+    None when the checkpoint itself names the same architecture (its sidecar or metadata): the
+    job reads it there, and the run key stays the one of the checkpoint alone.
+
+    Returns:
+        The architecture and its arguments, or ``(None, None)``.
+    """
+    if context.arch is None:
+        return None, None
+    wanted = (context.arch, json.loads(context.arch_args))
+    try:
+        saved = load_model(str(paths.confine(context.checkpoint)), None, "{}")
+    except DropinfError:
+        return wanted
+    return (None, None) if (saved.arch, saved.arch_args) == wanted else wanted
 
 
 def ensure_demo() -> Context:

@@ -133,8 +133,19 @@ def context_from_run(run_dir: Path) -> Context | None:
         data_spec=paths.confine_data_spec(str(provenance["data_spec"])),
         arch=provenance.get("arch"),
         arch_args=json.dumps(provenance.get("arch_args") or {}, sort_keys=True),
-        title=checkpoint.name,
+        title=checkpoint_title(checkpoint),
     )
+
+
+def checkpoint_title(checkpoint: Path) -> str:
+    """The name to show for a checkpoint: an upload's original name, any other file's own.
+
+    An upload is stored under its content hash and its original name (``paths.save_upload``);
+    the hash prefix means nothing to the analyst and is left out.
+    """
+    prefix, _, original = checkpoint.name.partition("-")
+    uploaded = checkpoint.parent == paths.uploads_dir() and len(prefix) == 16 and original
+    return original if uploaded else checkpoint.name
 
 
 def current_context() -> Context | None:

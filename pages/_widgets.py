@@ -17,6 +17,7 @@ import streamlit as st
 from dropinf import dashboard as views
 from dropinf import data
 from dropinf import run as runs
+from dropinf.cli import map_command
 from dropinf.errors import DropinfError
 from dropinf.run import RunStore
 from pages import _cache as cache
@@ -125,8 +126,10 @@ def gallery(
     columns: int = 6,
     on_open: Callable[[int], None] | None = None,
     key: str = "gallery",
+    open_icon: str = ":material/open_in_new:",
+    open_help: str | None = None,
 ) -> None:
-    """A grid of thumbnails with captions and an optional "open" button under each.
+    """A grid of thumbnails with captions and an optional button under each.
 
     Args:
         bundle: The dataset the indices point into.
@@ -134,16 +137,19 @@ def gallery(
         indices: Example indices, in display order.
         captions: One HTML caption per index (``views.train_caption_html`` and kin).
         columns: Thumbnails per row.
-        on_open: Called with the index when its button is pressed.
+        on_open: Called with the index when its button is pressed (open it, drop it, ...).
         key: Widget-key prefix, unique per gallery on the page.
+        open_icon: The button's icon.
+        open_help: The button's tooltip, or None.
     """
+    button = (on_open, open_icon, open_help)
     for start in range(0, len(indices), columns):
         row = st.columns(columns)
         for column, index, caption in zip(
             row, indices[start : start + columns], captions[start : start + columns], strict=False
         ):
             with column:
-                _gallery_item(bundle, split, int(index), caption, on_open, key)
+                _gallery_item(bundle, split, int(index), caption, button, key)
 
 
 def _gallery_item(
@@ -151,20 +157,22 @@ def _gallery_item(
     split: str,
     index: int,
     caption: str,
-    on_open: Callable[[int], None] | None,
+    button: tuple[Callable[[int], None] | None, str, str | None],
     key: str,
 ) -> None:
-    """One thumbnail, its caption and its "open" button."""
+    """One thumbnail, its caption and its button (``(on_click, icon, help)``)."""
     st.image(thumbnail(bundle, split, index), width="stretch")
     st.html(caption)
-    if on_open is not None:
+    on_click, icon, help_text = button
+    if on_click is not None:
         st.button(
             f"#{index}",
             key=f"{key}-{index}",
-            on_click=on_open,
+            on_click=on_click,
             args=(index,),
             type="tertiary",
-            icon=":material/open_in_new:",
+            icon=icon,
+            help=help_text,
         )
 
 
@@ -197,7 +205,10 @@ def _train_caption(
     score: float | None = None,
 ) -> str:
     given_name, predicted_name = bundle.class_name(given), bundle.class_name(predicted)
-    return views.train_caption_html(index, given_name, predicted_name, bool(suspects[index]), score)
+    name = bundle.example_id("train", index)
+    return views.train_caption_html(
+        index, given_name, predicted_name, bool(suspects[index]), score, name
+    )
 
 
 def test_caption(
@@ -205,8 +216,9 @@ def test_caption(
 ) -> str:
     """Caption of a test thumbnail with the score a training example has on it."""
     true, predicted = meta["label"][index], meta["prediction"][index]
+    name = bundle.example_id("test", index)
     return views.test_caption_html(
-        index, bundle.class_name(true), bundle.class_name(predicted), score
+        index, bundle.class_name(true), bundle.class_name(predicted), score, name
     )
 
 
@@ -240,6 +252,24 @@ def progress_text(status: runs.JobStatus, phases: Mapping[str, str], working: st
     phase = phases.get(status.phase, working)
     counted = status.total > 1
     return f"{phase}: {status.done:,} / {status.total:,}" if counted else f"{phase}…"
+
+
+def start_map_job(run_dir: Path) -> None:
+    """Start a complete run's gradient-map job in the background, once (no failed one retried).
+
+    Nothing starts with the synchronous runner (tests, scripts): the map is not worth blocking
+    the page for; the Gradient-map page offers its button instead.
+    """
+    runner = cache.job_runner()
+    if isinstance(runner, runs.SyncJobRunner):
+        return
+    if views.load_gradient_map(run_dir) is not None:
+        return
+    if runner.status(run_dir, views.MAP_JOB).state == "absent":
+        try:
+            runner.start(map_command(run_dir), run_dir, name=views.MAP_JOB)
+        except DropinfError as error:
+            show_error(error)
 
 
 @st.fragment(run_every=1.0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 import torch
 
@@ -99,9 +98,12 @@ def estimate_panel(
     cols[2].metric(
         "Estimated time",
         f"≈ {views.human_seconds(estimate.seconds)}",
-        help="A timed capture batch and the curvature algebra at this machine's "
-        "measured speed; on a busy machine it takes longer.",
+        help="The job's start-up, a timed capture batch, and the curvature algebra and "
+        "scoring at this machine's measured speed; on a busy machine it takes longer.",
     )
+
+
+STARTED_KEY = "compute_started"
 
 
 def start(request: runs.RunRequest, run_dir: Path) -> None:
@@ -111,6 +113,7 @@ def start(request: runs.RunRequest, run_dir: Path) -> None:
     except DropinfError as error:
         ui.show_error(error)
         return
+    st.session_state[STARTED_KEY] = run_dir.name
     ui.show_error(state.select_run(run_dir.name))
 
 
@@ -129,13 +132,7 @@ def run_panel(request: runs.RunRequest, run_dir: Path) -> None:
     status = cache.job_runner().status(run_dir)
     st.caption(f"Run key `{run_dir.name}` (model + data + config, content-addressed)")
     if status.state == "complete":
-        st.success(
-            "This model, data and configuration already ran: its results are reused.",
-            icon=":material/check_circle:",
-        )
-        if st.session_state.get(state.RUN_KEY) != run_dir.name:
-            ui.show_error(state.select_run(run_dir.name))
-        st.page_link("pages/explore.py", label="Explore influence", icon=":material/search:")
+        complete_panel(run_dir)
     elif status.state in ("queued", "running"):
         ui.job_panel(run_dir, "Starting the job", phases=PHASES, cancel_key="cancel")
     elif status.state in ("failed", "cancelled"):
@@ -148,6 +145,24 @@ def run_panel(request: runs.RunRequest, run_dir: Path) -> None:
         st.rerun()
 
 
+def complete_panel(run_dir: Path) -> None:
+    """A finished run: made current, its gradient map started, and where to go next.
+
+    A run this session started says it finished; one found already on disk says it is reused.
+    """
+    if st.session_state.get(STARTED_KEY) == run_dir.name:
+        st.success("The run finished: its scores are ready.", icon=":material/check_circle:")
+        ui.start_map_job(run_dir)
+    else:
+        st.success(
+            "This model, data and configuration already ran: its results are reused.",
+            icon=":material/check_circle:",
+        )
+    if st.session_state.get(state.RUN_KEY) != run_dir.name:
+        ui.show_error(state.select_run(run_dir.name))
+    st.page_link("pages/explore.py", label="Explore influence", icon=":material/search:")
+
+
 def runs_table() -> None:
     """All runs under the dropinf home."""
     rows = runs.list_runs()
@@ -155,7 +170,7 @@ def runs_table() -> None:
     if not rows:
         st.caption("No runs yet.")
         return
-    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    st.dataframe(views.runs_table(rows), hide_index=True)
 
 
 st.title("Compute influence")
@@ -166,12 +181,15 @@ if (context := ui.require_context()) is not None:
         curvature = curvature_form()
         device = device_choice()
         estimate_panel(context, compression, curvature)
+        arch, arch_args = cache.job_architecture(context)
         request = runs.RunRequest(
             checkpoint=Path(context.checkpoint),
             data_spec=context.data_spec,
             compression=compression,
             curvature=curvature,
             device=device,
+            arch=arch,
+            arch_args=arch_args,
         )
         run_dir = runs.run_dir_for(request, loaded.sha256, bundle.fingerprint)
     except DropinfError as error:

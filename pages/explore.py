@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from dropinf import dashboard as views
 from dropinf.data import DatasetBundle
@@ -56,6 +57,8 @@ def choose_test_example(
 def example_panel(bundle: DatasetBundle, meta: dict[str, np.ndarray], index: int) -> None:
     """The test example's image, true and predicted label, and loss."""
     st.image(ui.thumbnail(bundle, "test", index), width=150, caption=f"test #{index}")
+    if (name := bundle.example_id("test", index)) is not None:
+        st.text(name)  # plain text: a name from the data is never read as markup
     label, prediction = int(meta["label"][index]), int(meta["prediction"][index])
     st.metric("True label", bundle.class_name(label))
     st.metric(
@@ -75,15 +78,28 @@ def top_examples(review: RunReview, row: np.ndarray, k: int, sign: float) -> pd.
     )
 
 
-def influence_galleries(review: RunReview, bundle: DatasetBundle, row: np.ndarray) -> None:
-    """Top-k proponents and opponents as thumbnail galleries."""
+def influence_galleries(
+    review: RunReview, bundle: DatasetBundle, row: np.ndarray, true: int, predicted: int
+) -> None:
+    """The strongest influences as thumbnail galleries, worded for a right or a wrong prediction.
+
+    Args:
+        review: The run's review.
+        bundle: The dataset.
+        row: (n_train,) influence on the example's loss at its true (or chosen) label.
+        true: The example's true (or chosen) label.
+        predicted: The model's prediction.
+    """
     top_k = st.slider("How many", 4, 24, 12, 4, key="explore_top_k")
+    st.caption(
+        "Scores are the influence on this example's loss at its true label: **+** lowers it "
+        "(up-weighting that training example helps the true class), **−** raises it."
+    )
     suspects = review.suspects()
-    for title, sign in (
-        ("Proponents (helped this prediction)", 1.0),
-        ("Opponents (pushed against it)", -1.0),
-    ):
-        st.markdown(f"**{title}**")
+    columns = 4 if st.session_state.get(state.DETAIL_KEY) is not None else 6
+    sections = views.influence_sections(bundle.class_name(true), bundle.class_name(predicted))
+    for heading, sign in sections:
+        st.html(heading)
         table = top_examples(review, row, top_k, sign)
         captions = [ui.train_caption(bundle, item, suspects) for item in table.itertuples()]
         ui.gallery(
@@ -91,7 +107,7 @@ def influence_galleries(review: RunReview, bundle: DatasetBundle, row: np.ndarra
             "train",
             table["train_index"].tolist(),
             captions,
-            columns=6,
+            columns=columns,
             on_open=state.open_train_detail,
             key=f"gallery{int(sign)}",
         )
@@ -101,25 +117,42 @@ def train_detail(review: RunReview, bundle: DatasetBundle, scores: np.ndarray, i
     """One training example: its self-influence and the test examples it most helps / harms."""
     st.subheader(f"Training example #{index}")
     meta = review.metadata
-    left, right = st.columns([1, 4])
-    with left:
-        st.image(ui.thumbnail(bundle, "train", index), width=120)
-        st.metric("Given label", bundle.class_name(int(meta["label"][index])))
-        st.metric("Predicted", bundle.class_name(int(meta["prediction"][index])))
-        st.metric("Self-influence", f"{float(review.self_influence[index]):.3g}")
-    with right:
-        column = np.asarray(scores[:, index])  # (n_test,)
-        test_meta = review.store.test_metadata()
-        for title, sign in (
-            ("Test examples it helps most", 1.0),
-            ("Test examples it harms most", -1.0),
-        ):
-            st.markdown(f"**{title}**")
-            top = views.top_influences(column, 6, opponents=sign < 0)  # rows are test examples
-            order = top["train_index"].tolist()
-            captions = [ui.test_caption(bundle, test_meta, i, float(column[i])) for i in order]
-            ui.gallery(bundle, "test", order, captions, columns=6)
+    left, right = st.columns([1, 2])
+    left.image(ui.thumbnail(bundle, "train", index), width=120)
+    if (name := bundle.example_id("train", index)) is not None:
+        left.text(name)  # plain text: a name from the data is never read as markup
+    right.metric("Given label", bundle.class_name(int(meta["label"][index])))
+    right.metric("Predicted", bundle.class_name(int(meta["prediction"][index])))
+    right.metric("Self-influence", f"{float(review.self_influence[index]):.3g}")
+    column = np.asarray(scores[:, index])  # (n_test,)
+    test_meta = review.store.test_metadata()
+    for title, sign in (
+        ("Test examples it helps most", 1.0),
+        ("Test examples it harms most", -1.0),
+    ):
+        st.markdown(f"**{title}**")
+        top = views.top_influences(column, 6, opponents=sign < 0)  # rows are test examples
+        order = top["train_index"].tolist()
+        captions = [ui.test_caption(bundle, test_meta, i, float(column[i])) for i in order]
+        ui.gallery(bundle, "test", order, captions, columns=3)
     st.button("Close", key="close_detail", on_click=state.open_train_detail, args=(None,))
+
+
+def with_detail(
+    review: RunReview, bundle: DatasetBundle, scores: np.ndarray
+) -> list[DeltaGenerator]:
+    """The page's columns: example, galleries and, when one is open, the training example's detail.
+
+    Returns:
+        The example and gallery columns (the detail column is drawn here).
+    """
+    detail = st.session_state.get(state.DETAIL_KEY)
+    if detail is None:
+        return list(st.columns([1, 4], gap="large"))
+    left, middle, right = st.columns([1, 3, 2], gap="medium")
+    with right, st.container(border=True):
+        train_detail(review, bundle, scores, int(detail))
+    return [left, middle]
 
 
 def histogram(review: RunReview, bundle: DatasetBundle, row: np.ndarray) -> None:
@@ -143,9 +176,10 @@ def uploaded_example(review: RunReview, context: state.Context, bundle: DatasetB
     except DropinfError as error:
         ui.show_error(error)
         return
-    left, right = st.columns([1, 4], gap="large")
+    left, right = with_detail(review, bundle, review.store.test_scores())
     with left:
-        st.image(upload.getvalue(), width=150, caption=upload.name)
+        st.image(upload.getvalue(), width=150)
+        st.text(upload.name)
         st.metric("Predicted", bundle.class_name(prediction))
         label = st.selectbox(
             "Its label",
@@ -156,7 +190,7 @@ def uploaded_example(review: RunReview, context: state.Context, bundle: DatasetB
         )
     row = cache.query_scores(str(review.run_dir), context, inputs, int(label))
     with right:
-        influence_galleries(review, bundle, row)
+        influence_galleries(review, bundle, row, int(label), prediction)
     histogram(review, bundle, row)
 
 
@@ -173,19 +207,25 @@ def main() -> None:
     except DropinfError as error:
         ui.show_error(error)
         return
-    mode = st.segmented_control("Choose by", MODES, default=MODES[0], key="explore_mode")
+    mode = st.segmented_control(
+        "Choose by",
+        MODES,
+        default=MODES[0],
+        key="explore_mode",
+        on_change=state.open_train_detail,
+        args=(None,),  # a new mode closes the training example's detail
+    )
     if mode == "Upload an image":
         uploaded_example(review, context, bundle)
     elif (index := choose_test_example(bundle, meta, mode or MODES[0])) is not None:
         row = np.asarray(scores[index])  # (n_train,)
-        left, right = st.columns([1, 4], gap="large")
+        true, predicted = int(meta["label"][index]), int(meta["prediction"][index])
+        left, right = with_detail(review, bundle, scores)
         with left:
             example_panel(bundle, meta, index)
         with right:
-            influence_galleries(review, bundle, row)
+            influence_galleries(review, bundle, row, true, predicted)
         histogram(review, bundle, row)
-    if (detail := st.session_state.get(state.DETAIL_KEY)) is not None:
-        train_detail(review, bundle, scores, int(detail))
 
 
 main()

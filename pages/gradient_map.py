@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,14 @@ MAP_WORKING = "Computing the UMAP of the whitened training gradients"
 
 
 def compute_panel(run_dir: Path) -> None:
-    """Start, follow, or report the background UMAP job."""
+    """Start (once, on its own), follow, or report the background UMAP job."""
+    ui.start_map_job(run_dir)
     status = cache.job_runner().status(run_dir, gradient_map.MAP_JOB)
     if status.is_active:
-        ui.job_panel(run_dir, MAP_WORKING, name=gradient_map.MAP_JOB)
+        ui.job_panel(run_dir, MAP_WORKING, name=gradient_map.MAP_JOB, phases=views.MAP_PHASES)
         return
     if status.state == "failed":
-        st.error(f"The map job failed: {status.error}")
+        st.error(f"The map job failed: {status.error}", icon=":material/error:")
     st.info("This run's gradient map is not computed yet (a UMAP, computed once and cached).")
     if st.button(
         "Compute the gradient map",
@@ -68,17 +70,32 @@ def test_highlights(review: RunReview, overlay: bool) -> dict[str, list[int]]:
     return views.influence_highlights(row, 20, f"test #{test_index}")
 
 
+def hover_fields(review: RunReview, bundle: DatasetBundle) -> dict[str, list]:
+    """What a point's hover says: its name from the data, classes and suspicion score."""
+    meta, score = review.metadata, review.primary_score()
+    fields: dict[str, list] = {}
+    if bundle.train_ids is not None:
+        fields["file"] = list(bundle.train_ids)
+    fields["given"] = [bundle.class_name(i) for i in meta["label"]]
+    fields["predicted"] = [bundle.class_name(i) for i in meta["prediction"]]
+    fields["suspicion"] = [f"{value:.3g}" for value in score]
+    return fields
+
+
 def map_figure(
-    review: RunReview, bundle: DatasetBundle, coords: np.ndarray, colour: str, overlay: bool
+    review: RunReview,
+    bundle: DatasetBundle,
+    coords: np.ndarray,
+    colour: str,
+    overlay: bool,
+    selected: list[int],
 ) -> go.Figure:
-    """The scatter plot, coloured and optionally ringed, in box-select mode."""
-    meta = review.metadata
+    """The scatter plot, coloured, optionally ringed, the kept selection marked, box-select mode."""
     names = bundle.class_names if colour in COLOURS[:2] else None
     figure = views.gradient_map_figure(
         coords, color_values=colour_values(review, colour), color_name=colour.lower(),
         category_names=names, highlights=test_highlights(review, overlay),
-        hover_fields={"given": [bundle.class_name(i) for i in meta["label"]],
-                      "predicted": [bundle.class_name(i) for i in meta["prediction"]]},
+        hover_fields=hover_fields(review, bundle), selected=selected,
     )  # fmt: skip
     figure.update_layout(dragmode="select", height=560, margin={"t": 30})
     return figure
@@ -87,18 +104,52 @@ def map_figure(
 def flag_for_review(review: RunReview, ids: list[int]) -> None:
     """Flag training examples: they lead the run's review queue (a button callback)."""
     review.flag(ids)
-    st.toast(f"Flagged {len(ids):,} examples: they lead the Label-issues queue.", icon="🚩")
+    st.toast(
+        f"Flagged {len(ids):,} examples: they lead the Label-issues queue.", icon=":material/flag:"
+    )
+
+
+def selection_key(review: RunReview) -> str:
+    """The session key holding a run's selection on its map (a list of training ids)."""
+    return f"map_selection-{review.run_dir.name}"
+
+
+def keep_chart_selection(key: str) -> None:
+    """Store the chart's new box / lasso selection under ``key`` (the chart's callback).
+
+    The selection lives in the session, not in the chart: recolouring redraws the chart (a new
+    element, no selection of its own) and the selection stays.
+    """
+    st.session_state[key] = views.selected_ids(st.session_state.get("map_chart"))
+
+
+def drop_from_selection(key: str, index: int) -> None:
+    """Take one training example out of the selection under ``key`` (a button callback)."""
+    st.session_state[key] = [i for i in st.session_state.get(key, []) if i != index]
+
+
+def by_suspicion(review: RunReview, ids: list[int]) -> list[int]:
+    """The ids, most suspicious first (the review queue's score), ties by index."""
+    score = review.primary_score()
+    return sorted(ids, key=lambda i: (-float(score[i]), i))
 
 
 def selection_panel(review: RunReview, bundle: DatasetBundle, ids: list[int]) -> None:
-    """The selected training examples as a gallery, with decisions for all of them at once."""
+    """The selected training examples, most suspicious first, with decisions for all at once."""
     meta = review.metadata
-    more = f" (showing the first {MAX_SHOWN})" if len(ids) > MAX_SHOWN else ""
-    st.markdown(f"**{len(ids):,} selected**{more}")
+    more = f" (showing the {MAX_SHOWN} most suspicious)" if len(ids) > MAX_SHOWN else ""
+    st.markdown(f"**{len(ids):,} selected**, most suspicious first{more}")
+    key = selection_key(review)
+    st.button("Clear the selection", key="clear_selection", on_click=st.session_state.pop,
+              args=(key, None), icon=":material/deselect:", type="tertiary")  # fmt: skip
     suspects = review.suspects()
-    shown = ids[:MAX_SHOWN]
+    shown = by_suspicion(review, ids)[:MAX_SHOWN]
     captions = [ui.train_caption_for(bundle, meta, i, suspects) for i in shown]
-    ui.gallery(bundle, "train", shown, captions, columns=9)
+    ui.gallery(
+        bundle, "train", shown, captions, columns=9,
+        on_open=functools.partial(drop_from_selection, key), key="drop",
+        open_icon=":material/close:", open_help="Take it out of the selection",
+    )  # fmt: skip
     cols = st.columns([2, 2, 2, 2, 1])
     cols[0].button(
         f"Flag {len(ids):,} for review",
@@ -137,14 +188,14 @@ def map_panel(review: RunReview, bundle: DatasetBundle, coords: np.ndarray) -> N
     left, right = st.columns([2, 1])
     colour = left.selectbox("Colour by", COLOURS, key="map_colour")
     overlay = right.toggle("Ring the test example's top influences", key="map_overlay")
-    event = st.plotly_chart(
-        map_figure(review, bundle, coords, colour, overlay),
-        on_select="rerun",
+    key = selection_key(review)
+    st.plotly_chart(
+        map_figure(review, bundle, coords, colour, overlay, st.session_state.get(key, [])),
+        on_select=functools.partial(keep_chart_selection, key),
         selection_mode=("box", "lasso"),
         key="map_chart",
     )
-    ids = views.selected_ids(event)
-    if ids:
+    if ids := st.session_state.get(key, []):
         selection_panel(review, bundle, ids)
     else:
         st.caption("Drag a box (or pick the lasso in the toolbar) to select training examples.")

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import streamlit as st
 
+from dropinf import dashboard as views
 from dropinf import data, models, paths
-from dropinf.errors import DropinfError
+from dropinf.errors import ConfigError, DropinfError
 from pages import _cache as cache
 from pages import _state as state
 from pages import _widgets as ui
+
+T = TypeVar("T")
 
 
 def demo_panel() -> None:
@@ -30,35 +36,86 @@ def demo_panel() -> None:
         ui.open_context(context)
 
 
-def checkpoint_input() -> Path | None:
-    """The checkpoint widgets (upload or server path); its path once given, else None."""
+DATA_ROOT_ENV = "DROPINF_DATA_ROOT"
+PICK_PLACEHOLDER = "choose one found under the data root"
+
+
+def data_root_note(finds: views.Finds) -> None:
+    """Say where server-side paths are read from, how to change it, and what was found there."""
+    root, value = paths.data_root(), os.environ.get(DATA_ROOT_ENV)
+    setting = (
+        f"`{DATA_ROOT_ENV}={value}`" if value else f"`{DATA_ROOT_ENV}` is not set: the dropinf home"
+    )
+    more = " (the search stopped early: type a deeper path below)" if finds.truncated else ""
+    st.info(
+        f"**Data root** `{root}` ({setting}). Server paths below are read inside it only. "
+        f"To use another folder, restart the server with `{DATA_ROOT_ENV}=/path/to/data make run`. "
+        f"Found {len(finds.datasets)} dataset(s) and {len(finds.checkpoints)} checkpoint(s)"
+        f"{more}.",
+        icon=":material/folder_open:",
+    )
+
+
+def picker(label: str, found: list[str], target: str, key: str) -> None:
+    """A selectbox over paths found under the data root that fills the text field ``target``."""
+
+    def fill() -> None:
+        if st.session_state.get(key):
+            st.session_state[target] = st.session_state[key]
+
+    st.selectbox(
+        label, found, index=None, key=key, on_change=fill, placeholder=PICK_PLACEHOLDER,
+        disabled=not found,
+    )  # fmt: skip
+
+
+def checkpoint_input(finds: views.Finds) -> tuple[Path | None, str]:
+    """The checkpoint widgets (upload, or a path on the server picked or typed).
+
+    Returns:
+        The checkpoint's path once given (else None), and the name to show for it (an upload's
+        original file name, not its stored, hash-prefixed one).
+
+    Raises:
+        ConfigError: A path outside the data root, a missing file, or a bad upload name.
+    """
     source = st.radio(
         "Checkpoint", ["Upload", "Path on the server"], horizontal=True, key="ckpt_source"
     )
     if source == "Upload":
         upload = st.file_uploader(
-            "Checkpoint (.safetensors or .pt)", type=["safetensors", "pt"], key="ckpt_upload"
+            "Checkpoint (.safetensors, .pt or .pth)",
+            type=["safetensors", "pt", "pth"],
+            key="ckpt_upload",
         )
-        return paths.save_upload(upload.getvalue(), upload.name) if upload is not None else None
+        if upload is None:
+            return None, ""
+        return paths.save_upload(upload.getvalue(), upload.name), upload.name
+    picker("Checkpoints found", finds.checkpoints, "ckpt_path", "ckpt_pick")
     text = st.text_input(
         "Checkpoint path", help=f"Relative to the data root {paths.data_root()}", key="ckpt_path"
     )
-    return paths.path_under_data_root(text) if text.strip() else None
+    if not text.strip():
+        return None, ""
+    checkpoint = paths.path_under_data_root(text)
+    return checkpoint, checkpoint.name
 
 
-def dataset_input() -> str:
-    """The dataset spec widget: the builtin digits, or a path under the data root (+ options).
+def dataset_input(finds: views.Finds) -> str:
+    """The dataset spec widgets: the builtin digits, or a path under the data root (+ options).
 
     Raises:
         DatasetError: A malformed spec.
         ConfigError: A path outside the data root, or missing.
     """
+    picker("Datasets found", finds.datasets, "data_spec", "data_pick")
     text = st.text_input(
         "Dataset",
         value="digits",
         key="data_spec",
         help="A spec such as `digits:noise=0.1,seed=0`, or a path under the data root to an "
-        ".npz file, an image folder or cifar-10-batches-py/.",
+        ".npz file, an image folder or cifar-10-batches-py/, optionally followed by "
+        "`:noise=0.1,seed=0`.",
     )
     if not text.strip():
         return ""
@@ -69,32 +126,64 @@ def dataset_input() -> str:
     return f"{paths.path_under_data_root(source)}{options}"
 
 
-def own_model_panel() -> None:
-    """Architecture + checkpoint + dataset, loaded and checked together."""
+def guarded(read: Callable[[], T], empty: T) -> tuple[T, bool]:
+    """Call a widget group; on a dropinf error show it and return ``empty`` (the form stays)."""
+    try:
+        return read(), True
+    except DropinfError as error:
+        ui.show_error(error)
+        return empty, False
+
+
+def architecture_input() -> tuple[str | None, dict | None]:
+    """The architecture picker and its JSON arguments; (None, None) for the sidecar's."""
     choices = ["(from the checkpoint's sidecar)", *models.architectures()]
     arch = st.selectbox("Architecture", choices, key="arch")
-    arch_args = st.text_input("Architecture arguments (JSON)", value="{}", key="arch_args")
+    text = st.text_input("Architecture arguments (JSON)", value="{}", key="arch_args")
     try:
-        checkpoint = checkpoint_input()
-        spec = dataset_input()
-        kwargs = json.loads(arch_args or "{}")
-    except (DropinfError, json.JSONDecodeError) as error:
-        ui.show_error(error)
-        return
-    if st.button(
-        "Load model and data",
-        type="primary",
-        key="load_own",
-        disabled=checkpoint is None or not spec,
-    ):
-        context = state.Context(
-            checkpoint=str(checkpoint),
-            data_spec=spec,
-            arch=None if arch.startswith("(") else arch,
-            arch_args=json.dumps(kwargs, sort_keys=True),
-            title=Path(str(checkpoint)).name,
-        )
-        ui.open_context(context)
+        arch_args = json.loads(text or "{}")
+    except json.JSONDecodeError as error:
+        ui.show_error(ConfigError(f"expected the arguments as a JSON object; found {error}"))
+        return None, None
+    if not isinstance(arch_args, dict):
+        ui.show_error(ConfigError(f"expected a JSON object of arguments; found {text!r}"))
+        return None, None
+    return (None if arch.startswith("(") else arch), arch_args
+
+
+def own_model_panel() -> None:
+    """Architecture + checkpoint + dataset, loaded and checked together.
+
+    Each group shows its own error and the rest of the form stays, so a bad path never hides
+    the Dataset field or the Load button. An uploaded checkpoint with an architecture picked
+    here gets a sidecar written next to it, so the background jobs can rebuild the model.
+    """
+    finds = views.find_inputs(paths.data_root())
+    data_root_note(finds)
+    arch, arch_args = architecture_input()
+    (checkpoint, name), checkpoint_ok = guarded(lambda: checkpoint_input(finds), (None, ""))
+    spec, spec_ok = guarded(lambda: dataset_input(finds), "")
+    ready = checkpoint is not None and bool(spec) and checkpoint_ok and spec_ok
+    if st.button("Load model and data", type="primary", key="load_own", disabled=not ready):
+        load_own(checkpoint, name, spec, arch, arch_args or {})
+
+
+def load_own(checkpoint: Path, name: str, spec: str, arch: str | None, arch_args: dict) -> None:
+    """Open the context of a checkpoint + dataset; an upload's UI architecture goes in a sidecar."""
+    if arch is not None and checkpoint.parent == paths.uploads_dir():
+        try:
+            models.write_sidecar(checkpoint, arch, arch_args, overwrite=True)
+        except DropinfError as error:
+            ui.show_error(error)
+            return
+    context = state.Context(
+        checkpoint=str(checkpoint),
+        data_spec=spec,
+        arch=arch,
+        arch_args=json.dumps(arch_args, sort_keys=True),
+        title=name,
+    )
+    ui.open_context(context)
 
 
 def summary(context: state.Context) -> None:
@@ -107,8 +196,9 @@ def summary(context: state.Context) -> None:
         return
     st.subheader("Loaded")
     st.caption(
-        f"`{loaded.arch}` from `{loaded.path}` · dataset `{bundle.spec}` with "
-        f"{len(bundle.train):,} training and {len(bundle.test):,} test examples"
+        f"`{loaded.arch}` from `{context.title or Path(loaded.path).name}` · dataset "
+        f"`{bundle.spec}` with {len(bundle.train):,} training and {len(bundle.test):,} test "
+        "examples"
     )
     cols = st.columns(5)
     cols[0].metric("Parameters", f"{facts['parameters']:,}")

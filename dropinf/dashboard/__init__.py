@@ -12,6 +12,7 @@ core); ``import dropinf`` does not import this package.
 from __future__ import annotations
 
 from dropinf.dashboard.captions import (
+    influence_sections,
     sidebar_card_html,
     test_caption_html,
     train_caption_html,
@@ -23,8 +24,10 @@ from dropinf.dashboard.figures import (
     detection_curve_figure,
     influence_histogram,
 )
+from dropinf.dashboard.finds import Finds, find_inputs
 from dropinf.dashboard.gradient_map import (
     MAP_JOB,
+    MAP_PHASES,
     PCA_DIM,
     PROJECTED_DIM,
     compute_gradient_map,
@@ -41,6 +44,7 @@ from dropinf.dashboard.images import (
     with_thumbnails,
 )
 from dropinf.dashboard.map_figure import gradient_map_figure, selected_ids
+from dropinf.dashboard.review_figures import clicked_confusion, flip_matrix_figure
 from dropinf.dashboard.style import OPPONENT_COLOR, PROPONENT_COLOR, REVIEW_STATUS_COLORS
 from dropinf.dashboard.tables import (
     class_balance,
@@ -48,24 +52,31 @@ from dropinf.dashboard.tables import (
     example_indices,
     influence_highlights,
     layer_table,
+    module_path,
+    runs_table,
     top_influences,
 )
 
 __all__ = [
     "MAP_JOB",
+    "MAP_PHASES",
     "MAX_CURVE_POINTS",
     "OPPONENT_COLOR",
     "PCA_DIM",
     "PROJECTED_DIM",
     "PROPONENT_COLOR",
     "REVIEW_STATUS_COLORS",
+    "Finds",
     "before_after_figure",
     "class_balance",
+    "clicked_confusion",
     "compute_gradient_map",
     "detection_curve",
     "detection_curve_figure",
     "detection_table",
     "example_indices",
+    "find_inputs",
+    "flip_matrix_figure",
     "gradient_map_figure",
     "gradient_map_info",
     "gradient_map_path",
@@ -73,9 +84,12 @@ __all__ = [
     "human_seconds",
     "influence_highlights",
     "influence_histogram",
+    "influence_sections",
     "layer_table",
     "load_gradient_map",
+    "module_path",
     "reduced_gradients",
+    "runs_table",
     "selected_ids",
     "sidebar_card_html",
     "test_caption_html",

@@ -9,7 +9,9 @@ percent), then PCA to ``PCA_DIM`` and UMAP (cosine metric) to 2-D.
 
 ``compute_gradient_map`` runs in a background job (``python -m dropinf map --run RUN_DIR``, built
 by ``dropinf.cli.map_command``) because ``import umap`` alone costs about 12 s; the result is
-``RUN_DIR/umap.npz`` and ``load_gradient_map`` reads it back in milliseconds.
+``RUN_DIR/umap.npz`` and ``load_gradient_map`` reads it back in milliseconds. While it runs it
+reports its phase (``MAP_PHASES``) and the rows read in the map job's progress file
+(``dropinf.run.job_progress_path``), which the dashboard's job panel shows.
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ import torch
 
 from dropinf.engine import load_curvature, stored_gradient_chunks
 from dropinf.errors import IncompleteRunError
-from dropinf.run import MAP_FILE, RunStore
+from dropinf.run import MAP_FILE, RunStore, atomic_write_json, job_progress_path
 
 MAP_JOB = "map"
+MAP_PHASES = {
+    "gradients": "Reading and whitening the stored gradients",
+    "embed": "Embedding them in 2-D (UMAP)",
+}
 PROJECTED_DIM = 256
 PCA_DIM = 50
 DEFAULT_NEIGHBORS = 15
@@ -65,6 +71,7 @@ def compute_gradient_map(
     RunStore(run_dir).read_manifest()  # no run, no lock file left behind
     with RunStore(run_dir).writer_lock("mapped"):
         features = reduced_gradients(run_dir, whiten, seed)  # (n, ≤ PCA_DIM)
+        _report(run_dir, "embed", 0, 1)
         coords = _embed(features, seed, n_neighbors, min_dist)  # (n, 2)
         path = gradient_map_path(run_dir)
         settings = {"whitened": whiten, "seed": seed, "n_neighbors": n_neighbors}
@@ -125,12 +132,21 @@ def _projected_chunks(store: RunStore, whiten: bool, seed: int) -> Iterator[np.n
     manifest, cpu = store.read_manifest(), torch.device("cpu")
     curvature = load_curvature(store, cpu) if whiten else None
     projection = _gaussian_projection(int(manifest["k"]), seed)  # (k, PROJECTED_DIM) or None
-    dtype = getattr(torch, manifest["dtype"])
+    dtype, done, total = getattr(torch, manifest["dtype"]), 0, int(manifest["n_train"])
     for _, chunk in stored_gradient_chunks(store, cpu, dtype):  # (rows, k)
         if curvature is not None:
             chunk = curvature.whiten(chunk)
         chunk = chunk.float()
         yield (chunk @ projection if projection is not None else chunk).numpy()
+        done += chunk.shape[0]
+        _report(store.run_dir, "gradients", done, total)
+
+
+def _report(run_dir: str | Path, phase: str, done: int, total: int) -> None:
+    """Write the map job's progress (``MAP_PHASES``) for the dashboard's job panel."""
+    atomic_write_json(
+        job_progress_path(run_dir, MAP_JOB), {"phase": phase, "done": done, "total": total}
+    )
 
 
 def _gaussian_projection(k: int, seed: int) -> torch.Tensor | None:

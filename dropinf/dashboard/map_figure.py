@@ -37,6 +37,7 @@ def gradient_map_figure(
     highlights: Mapping[str, Sequence[int]] | None = None,
     title: str | None = None,
     point_size: float = 5.0,
+    selected: Sequence[int] = (),
 ) -> go.Figure:
     """Scatter of the training gradients' 2-D embedding, ready for box / lasso selection.
 
@@ -56,6 +57,8 @@ def gradient_map_figure(
             the first uses the proponent colour, the second the opponent colour.
         title: Figure title.
         point_size: Marker size.
+        selected: Training ids drawn as selected (the others dimmed), e.g. a selection kept
+            across a redraw; none dims nothing.
 
     Returns:
         The figure; every trace's ``customdata[:, 0]`` holds training ids.
@@ -67,6 +70,7 @@ def gradient_map_figure(
     figure = go.Figure(layout={**LAYOUT, "dragmode": "lasso", "uirevision": "gradient-map"})
     for trace in traces:
         trace.update(hovertemplate=hovertemplate, marker_size=point_size)
+        _mark_selected(trace, selected)
         figure.add_trace(trace)
     _add_highlights(figure, coords, ids, highlights or {}, point_size)
     figure.update_layout(
@@ -75,6 +79,15 @@ def gradient_map_figure(
         yaxis={"showticklabels": False, "title": None, "zeroline": False},
     )  # fmt: skip
     return figure
+
+
+def _mark_selected(trace: go.Scattergl, selected: Sequence[int]) -> None:
+    """Draw the trace's points among ``selected`` as selected and dim the others."""
+    if len(selected) == 0:
+        return
+    trace_ids = np.asarray(trace.customdata)[:, 0].astype(np.int64)  # (points,)
+    rows = np.flatnonzero(np.isin(trace_ids, np.asarray(selected, dtype=np.int64)))
+    trace.update(selectedpoints=rows.tolist(), unselected={"marker": {"opacity": 0.25}})
 
 
 def _map_hover(

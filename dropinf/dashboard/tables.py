@@ -101,16 +101,77 @@ def class_balance(labels: np.ndarray, class_names: Sequence[str]) -> pd.DataFram
 
 
 def layer_table(model: nn.Module) -> pd.DataFrame:
-    """The layers whose per-sample gradients a run captures: ``layer``, ``kind``, ``parameters``.
+    """The layers whose per-sample gradients a run captures.
+
+    Returns:
+        Columns ``layer`` (the module path as Python spells it: ``model.features[0]``, not
+        ``features.0``), ``kind`` and ``parameters``.
 
     Raises:
         NoCapturableLayerError: The model has none.
     """
     rows = [
-        {"layer": spec.name, "kind": spec.kind, "parameters": spec.full_dim}
+        {"layer": module_path(spec.name), "kind": spec.kind, "parameters": spec.full_dim}
         for spec in discover_layers(model).specs
     ]
     return pd.DataFrame(rows, columns=["layer", "kind", "parameters"])
+
+
+def module_path(name: str) -> str:
+    """A module (or parameter) name as an attribute path from the model: ``0.fc`` → ``model[0].fc``.
+
+    Args:
+        name: The dotted name from ``named_modules`` / ``named_parameters``.
+
+    Returns:
+        The path, items of sequential containers in brackets.
+    """
+    parts = [f"[{part}]" if part.isdigit() else f".{part}" for part in name.split(".") if part]
+    return "model" + "".join(parts)
+
+
+RUN_COLUMNS = {
+    "key": "run",
+    "status": "status",
+    "method": "compressor",
+    "keep_ratio": "keep ratio",
+    "k": "k",
+    "n_train": "training examples",
+    "created": "created",
+    "arch": "architecture",
+    "data_spec": "data",
+}
+
+
+def runs_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The runs (``dropinf.run.list_runs``) as display text: a blank where a run has no value.
+
+    A cancelled or failed run has no ``k`` or size yet; those cells are empty, not ``None``,
+    and a column no run has a value in is left out.
+
+    Args:
+        rows: One mapping per run.
+
+    Returns:
+        One row per run, the columns of ``RUN_COLUMNS`` that hold a value, renamed.
+    """
+    table = pd.DataFrame(
+        [{label: _cell(row.get(name)) for name, label in RUN_COLUMNS.items()} for row in rows],
+        columns=list(RUN_COLUMNS.values()),
+    )
+    return table.loc[:, [column for column in table if table[column].ne("").any()]]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool | str):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def _with_label_columns(

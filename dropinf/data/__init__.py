@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dropinf.data.bundle import DatasetBundle, Split
 from dropinf.data.cifar import CIFAR10_CLASS_NAMES, safe_unpickle
+from dropinf.data.images import IMAGE_SUFFIXES
 from dropinf.data.noise import DIGITS_FLIP_PAIRS, inject_label_noise
 from dropinf.data.spec import DEMO_DATA_SPEC, SPEC_OPTIONS, load_data, parse_spec
 
@@ -20,6 +21,7 @@ __all__ = [
     "CIFAR10_CLASS_NAMES",
     "DEMO_DATA_SPEC",
     "DIGITS_FLIP_PAIRS",
+    "IMAGE_SUFFIXES",
     "SPEC_OPTIONS",
     "DatasetBundle",
     "Split",

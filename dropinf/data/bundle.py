@@ -55,7 +55,10 @@ class DatasetBundle:
         input_shape: Shape of one example, e.g. ``(1, 8, 8)``.
         noisy_mask: (n_train,) bool, True where the given label was flipped; None without noise.
         clean_labels: (n_train,) int, the labels before noise; None without noise.
-        fingerprint: sha256 hex over inputs, labels, noise mask and class names.
+        fingerprint: sha256 hex over inputs, labels, noise mask, class names and example ids.
+        train_ids: One name per training example (an image folder's relative file path, an
+            .npz's ``ids``), or None when the source names none.
+        test_ids: The same for the test split.
     """
 
     name: str
@@ -67,6 +70,8 @@ class DatasetBundle:
     noisy_mask: np.ndarray | None
     clean_labels: np.ndarray | None
     fingerprint: str
+    train_ids: tuple[str, ...] | None = None
+    test_ids: tuple[str, ...] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -102,6 +107,26 @@ class DatasetBundle:
             )
         pixels = picture_as_pixels(content, *self.input_shape)  # (C, H, W)
         return torch.from_numpy(pixels)[None]  # (1, C, H, W)
+
+    def example_id(self, split: str, index: int) -> str | None:
+        """The name of one example: its relative file path, its .npz id, or None.
+
+        Args:
+            split: ``train`` or ``test``.
+            index: Example index within that split.
+
+        Returns:
+            The id, or None when the dataset names no examples.
+
+        Raises:
+            DatasetError: Unknown split.
+            IndexError: Index out of range.
+        """
+        size = len(self.split(split))
+        if not -size <= index < size:
+            raise IndexError(f"{split} index {index} out of range for {size} examples")
+        ids = self.train_ids if split == "train" else self.test_ids
+        return None if ids is None else ids[index]
 
     def split(self, name: str) -> Split:
         """The split called ``train`` or ``test``.
@@ -159,9 +184,12 @@ class DatasetBundle:
         train = Split(self.train.inputs[torch.from_numpy(keep)], labels[torch.from_numpy(keep)])
         noisy_mask = None if self.noisy_mask is None else self.noisy_mask[keep]
         clean_labels = None if self.clean_labels is None else self.clean_labels[keep]
-        fingerprint = fingerprint_of(train, self.test, self.class_names, noisy_mask)
+        train_ids = None if self.train_ids is None else tuple(np.array(self.train_ids)[keep])
+        fingerprint = fingerprint_of(
+            train, self.test, self.class_names, noisy_mask, (train_ids, self.test_ids)
+        )
         return replace(self, train=train, noisy_mask=noisy_mask, clean_labels=clean_labels,
-                       fingerprint=fingerprint)  # fmt: skip
+                       train_ids=train_ids, fingerprint=fingerprint)  # fmt: skip
 
 
 def _check_fixes(
@@ -186,15 +214,24 @@ def _check_fixes(
 
 
 def fingerprint_of(
-    train: Split, test: Split, class_names: Sequence[str], noisy_mask: np.ndarray | None
+    train: Split,
+    test: Split,
+    class_names: Sequence[str],
+    noisy_mask: np.ndarray | None,
+    ids: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None),
 ) -> str:
     """A sha256 hex digest of a dataset's contents (used in run keys).
+
+    Example ids enter it only when the dataset has them (a run's tables and exports show them,
+    so a run must not be reused for examples named otherwise); a dataset without ids keeps the
+    fingerprint it always had.
 
     Args:
         train: Training split.
         test: Test split.
         class_names: Class names in label order.
         noisy_mask: Noise ground truth, or None.
+        ids: Training and test example ids, each None when absent.
 
     Returns:
         64 hex characters; equal contents give equal fingerprints, wherever they were loaded from.
@@ -206,6 +243,9 @@ def fingerprint_of(
         digest.update(split.labels.contiguous().numpy().tobytes())
     digest.update("\n".join(class_names).encode())
     digest.update(b"no-noise" if noisy_mask is None else np.packbits(noisy_mask).tobytes())
+    for split, split_ids in zip(("train", "test"), ids, strict=True):
+        if split_ids is not None:  # NUL never occurs in an id: the join is unambiguous
+            digest.update(f"\0{split}-ids\0".encode() + "\0".join(split_ids).encode())
     return digest.hexdigest()
 
 
@@ -220,6 +260,8 @@ class RawData:
         x_test: Test inputs, or None when the source has no test split (split later by seed).
         y_test: Test labels, or None with ``x_test``.
         class_names: One name per class, or None to name classes by their index.
+        train_ids: One name per training example, or None.
+        test_ids: One name per test example, or None.
     """
 
     name: str
@@ -228,6 +270,8 @@ class RawData:
     x_test: np.ndarray | None
     y_test: np.ndarray | None
     class_names: list[str] | None
+    train_ids: list[str] | None = None
+    test_ids: list[str] | None = None
 
 
 def stratified_split(
@@ -302,9 +346,10 @@ def _check_split_arrays(name: str, split: str, x: np.ndarray, y: np.ndarray) -> 
     where = f"{name} ({split})"
     if len(x) == 0:
         raise DatasetError(f"{where}: no examples; expected at least one")
-    if x.ndim not in (2, 4):
+    if x.ndim not in (2, 3, 4):
         raise DatasetError(
-            f"{where}: inputs have shape {x.shape}; expected (N, C, H, W), (N, H, W) or (N, D)"
+            f"{where}: inputs have shape {x.shape}; expected (N, C, H, W), (N, H, W), (N, D), "
+            "or (N, C, L) signals"
         )
     if not any(np.issubdtype(x.dtype, kind) for kind in (np.integer, np.floating, np.bool_)):
         raise DatasetError(f"{where}: inputs have dtype {x.dtype}; expected real numbers")

@@ -108,9 +108,14 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
 
 def _split_off_test(raw: RawData, test_fraction: float, split_seed: int) -> RawData:
     train_idx, test_idx = stratified_split(raw.y_train, test_fraction, split_seed)
-    x, y = raw.x_train, raw.y_train
+    x, y, ids = raw.x_train, raw.y_train, raw.train_ids
     return replace(raw, x_train=x[train_idx], y_train=y[train_idx], x_test=x[test_idx],
-                   y_test=y[test_idx])  # fmt: skip
+                   y_test=y[test_idx], train_ids=_pick(ids, train_idx),
+                   test_ids=_pick(ids, test_idx))  # fmt: skip
+
+
+def _pick(ids: list[str] | None, indices: np.ndarray) -> list[str] | None:
+    return None if ids is None else [ids[i] for i in indices]
 
 
 def _load_source(source: str) -> RawData:
@@ -146,6 +151,8 @@ def _bundle_from_raw(raw: RawData, spec: str, options: Mapping[str, str]) -> Dat
     y_train, noisy_mask, clean_labels = _apply_noise(raw.y_train, num_classes, options)
     train = Split(_as_float_tensor(raw.x_train), torch.from_numpy(y_train.astype(np.int64)))
     test = Split(_as_float_tensor(raw.x_test), torch.from_numpy(raw.y_test.astype(np.int64)))
+    train_ids = None if raw.train_ids is None else tuple(raw.train_ids)
+    test_ids = None if raw.test_ids is None else tuple(raw.test_ids)
     return DatasetBundle(
         name=raw.name,
         spec=spec,
@@ -155,7 +162,9 @@ def _bundle_from_raw(raw: RawData, spec: str, options: Mapping[str, str]) -> Dat
         input_shape=tuple(train.inputs.shape[1:]),
         noisy_mask=noisy_mask,
         clean_labels=clean_labels,
-        fingerprint=fingerprint_of(train, test, class_names, noisy_mask),
+        fingerprint=fingerprint_of(train, test, class_names, noisy_mask, (train_ids, test_ids)),
+        train_ids=train_ids,
+        test_ids=test_ids,
     )
 
 

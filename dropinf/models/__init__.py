@@ -1,12 +1,14 @@
 """Models: the architecture registry, safe checkpoints, training and retraining after fixes.
 
 ``registry`` builds ``mlp``, ``small_cnn``, ``resnet9`` and torchvision classifiers by name,
-checking the arguments on the meta device; ``checkpoints`` saves and loads a state_dict with its
-JSON sidecar and checks a model fits a dataset; ``safe_read`` reads checkpoint files as tensors
-only (safetensors, or weights-only ``torch.load``), refusing pickled code unrun; ``training``
-holds the seeded recipes, evaluation and the demo checkpoint; ``retrain`` retrains before and
-after label fixes. It may import ``dropinf.data`` and ``dropinf.core`` (and ``dropinf.errors``,
-``dropinf.paths``); never ``dropinf.run``, the engine, review or the dashboard.
+checking the arguments on the meta device; ``own_code`` builds an analyst's own architecture
+(``package.module:callable``) only after the trust opt-in; ``checkpoints`` saves and loads a
+state_dict with its JSON sidecar (or writes the sidecar alone) and checks a model fits a
+dataset; ``safe_read`` reads checkpoint files as tensors only (safetensors, or weights-only
+``torch.load``), refusing pickled code unrun; ``training`` holds the seeded recipes, evaluation
+and the demo checkpoint; ``retrain`` retrains before and after label fixes. It may import
+``dropinf.data`` and ``dropinf.core`` (and ``dropinf.errors``, ``dropinf.paths``);
+never ``dropinf.run``, the engine, review or the dashboard.
 """
 
 from __future__ import annotations
@@ -18,19 +20,33 @@ from dropinf.models.checkpoints import (
     load_checkpoint,
     save_checkpoint,
     sidecar_path,
+    write_sidecar,
 )
+from dropinf.models.own_code import TRUST_CODE_ENV, code_trusted, is_code_reference
 from dropinf.models.registry import (
     arch_args_for_data,
     architectures,
+    build_architecture,
     build_model,
     count_parameters,
     small_cnn,
 )
-from dropinf.models.retrain import retrain_with_fixes
+from dropinf.models.retrain import (
+    RETRAIN_PROGRESS_FILE,
+    FixReport,
+    paired_difference,
+    retrain_cache_dir,
+    retrain_with_fixes,
+)
 from dropinf.models.training import (
+    DEMO_PRESETS,
     DEMO_RECIPE,
+    CheckpointSchedule,
+    DemoPreset,
     TrainRecipe,
+    checkpoint_epochs,
     demo_checkpoint_path,
+    demo_checkpoints_dir,
     ensure_demo_checkpoint,
     evaluate,
     resolve_device,
@@ -40,20 +56,33 @@ from dropinf.models.training import (
 )
 
 __all__ = [
+    "DEMO_PRESETS",
     "DEMO_RECIPE",
+    "RETRAIN_PROGRESS_FILE",
+    "TRUST_CODE_ENV",
+    "CheckpointSchedule",
+    "DemoPreset",
+    "FixReport",
     "LoadedCheckpoint",
     "TrainRecipe",
     "arch_args_for_data",
     "architectures",
+    "build_architecture",
     "build_model",
     "check_model_fits_data",
+    "checkpoint_epochs",
+    "code_trusted",
     "count_parameters",
     "demo_checkpoint_path",
+    "demo_checkpoints_dir",
     "ensure_demo_checkpoint",
     "evaluate",
     "file_sha256",
+    "is_code_reference",
     "load_checkpoint",
+    "paired_difference",
     "resolve_device",
+    "retrain_cache_dir",
     "retrain_with_fixes",
     "save_checkpoint",
     "save_trained",
@@ -61,4 +90,5 @@ __all__ = [
     "small_cnn",
     "torch_threads",
     "train_model",
+    "write_sidecar",
 ]

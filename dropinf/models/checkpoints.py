@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dropinf.errors import CheckpointError, CheckpointMismatchError, DataModelMismatchError
-from dropinf.models.registry import build_model
+from dropinf.models.registry import build_architecture
 from dropinf.models.safe_read import checkpoint_kind, read_state_dict
 
 if TYPE_CHECKING:
@@ -142,17 +142,22 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(
-    path: str | Path, arch: str | None = None, arch_args: Mapping[str, Any] | None = None
+    path: str | Path,
+    arch: str | None = None,
+    arch_args: Mapping[str, Any] | None = None,
+    trust_code: bool | None = None,
 ) -> LoadedCheckpoint:
     """Load a checkpoint safely and rebuild its model.
 
     The architecture comes from ``arch``/``arch_args`` if given, else the sidecar
-    ``<path>.json``, else safetensors metadata.
+    ``<path>.json``, else safetensors metadata. A given ``arch`` with no ``arch_args`` takes the
+    saved arguments only when it is the saved architecture (else none).
 
     Args:
         path: A ``.safetensors`` or ``.pt``/``.pth``/``.bin`` file.
-        arch: Architecture name, overriding the saved one.
+        arch: Architecture name or ``package.module:callable``, overriding the saved one.
         arch_args: Architecture arguments, overriding the saved ones.
+        trust_code: The opt-in to import an own-code architecture (None: ``DROPINF_TRUST_CODE``).
 
     Returns:
         The loaded checkpoint.
@@ -160,7 +165,8 @@ def load_checkpoint(
     Raises:
         CheckpointError: Missing, truncated or garbage file, or no architecture known.
         UnsafeCheckpointError: The file carries pickled code (refused, never run).
-        UnknownArchitectureError: The architecture name is not in the registry.
+        UnknownArchitectureError: The architecture name is not in the registry, or names code
+            that is not trusted (refused before importing it).
         CheckpointMismatchError: Missing, unexpected or wrongly shaped tensors.
     """
     path = Path(path)
@@ -168,14 +174,8 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint not found: {path}")
     state_dict, metadata = read_state_dict(path)
     description = _read_description(path, metadata)
-    arch = arch or description.get("arch")
-    if not arch:
-        raise CheckpointError(
-            f"{path.name}: no architecture known; expected a sidecar {sidecar_path(path).name} "
-            'with {"arch": ..., "arch_args": {...}}, or pass arch and arch_args'
-        )
-    arch_args = dict(arch_args if arch_args is not None else description.get("arch_args", {}))
-    model = build_model(arch, **arch_args)
+    arch, arch_args = _chosen_architecture(path, description, arch, arch_args)
+    model = build_architecture(arch, arch_args, trust_code)
     load_state_dict_strict(model, state_dict, path.name)
     return LoadedCheckpoint(
         model=model.eval(),
@@ -185,6 +185,75 @@ def load_checkpoint(
         path=path,
         extra=dict(description.get("extra", {})),
     )
+
+
+def _chosen_architecture(
+    path: Path,
+    description: Mapping[str, Any],
+    arch: str | None,
+    arch_args: Mapping[str, Any] | None,
+) -> tuple[str, dict[str, Any]]:
+    saved_arch = description.get("arch")
+    if not (arch or saved_arch):
+        raise CheckpointError(
+            f"{path.name}: expected an architecture: pick one in the Load page or pass --arch; "
+            f"found a checkpoint without a sidecar ({sidecar_path(path).name}) or architecture "
+            "metadata"
+        )
+    if arch_args is None:
+        same = not arch or arch == saved_arch
+        arch_args = description.get("arch_args", {}) if same else {}
+    if not isinstance(arch_args, Mapping):
+        raise CheckpointError(f"arch_args must be a JSON object of arguments; found {arch_args!r}")
+    return arch or saved_arch, dict(arch_args)
+
+
+def write_sidecar(
+    checkpoint_path: str | Path,
+    arch: str,
+    arch_args: Mapping[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write the JSON sidecar naming a checkpoint's architecture (e.g. after an upload).
+
+    Nothing is imported or built: :func:`load_checkpoint` checks the architecture (and asks for
+    the opt-in of an own-code one) when the checkpoint is loaded.
+
+    Args:
+        checkpoint_path: The checkpoint file (it must exist).
+        arch: A registry name or ``package.module:callable``.
+        arch_args: The architecture's keyword arguments (JSON-serialisable; default none).
+        overwrite: Replace a sidecar holding another description (an equal one is kept as is).
+
+    Returns:
+        The sidecar path, ``<checkpoint>.json``.
+
+    Raises:
+        CheckpointError: No such checkpoint file, an empty arch, arguments that are not a
+            JSON object, or a different sidecar already there without ``overwrite``.
+    """
+    path = Path(checkpoint_path)
+    checkpoint_kind(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}; expected the file to describe")
+    if not isinstance(arch, str) or not arch.strip():
+        raise CheckpointError(f"expected an architecture name; found {arch!r}")
+    if not isinstance(arch_args or {}, Mapping):
+        raise CheckpointError(f"arch_args must be a JSON object of arguments; found {arch_args!r}")
+    description = _describe(arch.strip(), arch_args or {}, None)
+    sidecar = sidecar_path(path)
+    if sidecar.is_file() and not overwrite:
+        saved = _read_description(path, {})
+        if (saved.get("arch"), saved.get("arch_args", {})) != (arch.strip(), dict(arch_args or {})):
+            raise CheckpointError(
+                f"{sidecar.name} already names {saved.get('arch')!r} "
+                f"{saved.get('arch_args', {})}; expected {arch!r}: pass overwrite=True to "
+                "replace it"
+            )
+        return sidecar
+    _atomic_write(sidecar, lambda tmp: tmp.write_text(json.dumps(description, indent=2)))
+    return sidecar
 
 
 def _read_description(path: Path, metadata: Mapping[str, str]) -> dict[str, Any]:

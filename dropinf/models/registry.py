@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from dropinf.errors import ConfigError, UnknownArchitectureError
+from dropinf.models.own_code import build_from_code, is_code_reference
 
 MAX_PARAMETERS = 2**30  # about 4 GiB of float32 weights: anything larger is a typo, not a model
 BUILD_ERRORS = (TypeError, ValueError, RuntimeError, AssertionError, OverflowError)
@@ -139,7 +140,8 @@ def build_model(arch: str, **arch_args: Any) -> nn.Module:
     """Build an untrained model by architecture name.
 
     Args:
-        arch: A name from :func:`architectures`.
+        arch: A name from :func:`architectures`, or ``package.module:callable`` (own code, built
+            only when ``DROPINF_TRUST_CODE=1``; see :func:`build_architecture` for the flag).
         **arch_args: Keyword arguments of that architecture (torchvision: ``num_classes`` and the
             model's own options; ``weights`` is always None, nothing is downloaded).
 
@@ -147,13 +149,15 @@ def build_model(arch: str, **arch_args: Any) -> nn.Module:
         The model, in training mode.
 
     Raises:
-        UnknownArchitectureError: The name is not in the registry.
+        UnknownArchitectureError: The name is not in the registry, or names code not trusted.
         ConfigError: The arguments do not fit the architecture (unknown, missing, of the wrong
             type or sign), or the model would exceed :data:`MAX_PARAMETERS` (checked on the meta
             device, before any memory is allocated).
     """
     if not isinstance(arch, str):
         raise UnknownArchitectureError(f"expected an architecture name (a string); found {arch!r}")
+    if is_code_reference(arch):
+        return build_from_code(arch, arch_args)
     if arch in ARCHITECTURES:
         builder = ARCHITECTURES[arch]
         _check_arguments(arch, builder, arch_args)
@@ -167,6 +171,31 @@ def build_model(arch: str, **arch_args: Any) -> nn.Module:
         )
     _check_size(arch, arch_args, build)
     return build()
+
+
+def build_architecture(
+    arch: str, arch_args: Mapping[str, Any], trust_code: bool | None = None
+) -> nn.Module:
+    """Build a registry architecture, or own code (``package.module:callable``) once trusted.
+
+    The arguments come as one mapping, so no argument of the architecture (from a sidecar, say)
+    can reach ``trust_code``.
+
+    Args:
+        arch: A registry name or a code reference.
+        arch_args: The architecture's keyword arguments.
+        trust_code: The opt-in to import own code (None: ``DROPINF_TRUST_CODE=1``).
+
+    Returns:
+        The model, in training mode.
+
+    Raises:
+        UnknownArchitectureError: Unknown name, or code not trusted (nothing imported).
+        ConfigError: The arguments do not fit the architecture.
+    """
+    if isinstance(arch, str) and is_code_reference(arch):
+        return build_from_code(arch, arch_args, trust_code)
+    return build_model(arch, **arch_args)
 
 
 def _check_arguments(arch: str, builder: Callable[..., nn.Module], arch_args: Mapping) -> None:
@@ -244,8 +273,10 @@ def arch_args_for_data(arch: str, input_shape: Sequence[int], num_classes: int) 
 
     Returns:
         e.g. ``{"in_channels": 1, "input_size": 8, "num_classes": 10}`` for ``small_cnn``;
-        torchvision classifiers get ``num_classes`` only.
+        torchvision classifiers get ``num_classes`` only; own code (``pkg.mod:fn``) nothing.
     """
+    if is_code_reference(arch):
+        return {}
     if arch == "mlp":
         return {"input_dim": int(torch.Size(input_shape).numel()), "num_classes": num_classes}
     if arch == "small_cnn":

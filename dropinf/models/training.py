@@ -1,9 +1,10 @@
-"""Training: seeded recipes, models for an analyst's data, evaluation and the demo checkpoint.
+"""Training: seeded recipes, models for an analyst's data, evaluation and the demo checkpoints.
 
 Training is seeded and deterministic on the CPU for a fixed seed: the model is initialised after
 ``torch.manual_seed(seed)`` and batches are drawn by a ``torch.Generator`` seeded with the same
 seed (an in-memory equivalent of a DataLoader with a seeded generator, without its per-item
-overhead). The optimiser is AdamW.
+overhead). The optimiser is AdamW. A ``CheckpointSchedule`` keeps checkpoints along the way
+(log-spaced epochs plus the last), each a normal checkpoint whose metadata names its epoch.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,10 @@ from dropinf.models.checkpoints import (
     save_checkpoint,
     sidecar_path,
 )
-from dropinf.models.registry import arch_args_for_data, build_model
+from dropinf.models.registry import arch_args_for_data, build_architecture
 
 EVAL_BATCH_SIZE = 512
+EpochCallback = Callable[[int, nn.Module], None]
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,46 @@ def _is_finite_number(value: Any) -> bool:
 
 
 DEMO_RECIPE = TrainRecipe(arch="small_cnn", epochs=12, lr=1e-3, batch_size=64, seed=0)
+MEMORISING_RECIPE = TrainRecipe(
+    arch="mlp",
+    arch_args={"hidden_sizes": [256, 256]},
+    epochs=300,
+    lr=1e-3,
+    batch_size=64,
+    weight_decay=0.0,
+    seed=0,
+)
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    """An embedded demo: a recipe trained on a dataset spec, on first use.
+
+    Attributes:
+        name: The preset's name (``python -m dropinf train --demo NAME``).
+        recipe: How the demo model is trained.
+        data_spec: The dataset it is trained on.
+        description: What the preset shows, in a phrase.
+    """
+
+    name: str
+    recipe: TrainRecipe
+    data_spec: str
+    description: str
+
+
+DEFAULT_DEMO = "default"
+DEMO_PRESETS = {
+    DEFAULT_DEMO: DemoPreset(
+        DEFAULT_DEMO, DEMO_RECIPE, DEMO_DATA_SPEC, "small_cnn on digits with 10% label noise"
+    ),
+    "memorising": DemoPreset(
+        "memorising",
+        MEMORISING_RECIPE,
+        "digits:noise=0.2,seed=0",
+        "an MLP 64-256-256-10 trained to memorise digits with 20% label noise (no weight decay)",
+    ),
+}
 
 
 @dataclass
@@ -168,14 +210,19 @@ def train_model(
     bundle: DatasetBundle,
     device: str | torch.device | None = None,
     progress: bool = True,
+    trust_code: bool | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
-    """Train a registry model on a dataset's training split.
+    """Train a registry (or own-code) model on a dataset's training split.
 
     Args:
         recipe: Architecture and optimisation settings.
         bundle: The dataset (its training labels, noisy or fixed, are the targets).
         device: ``cpu``, ``cuda`` or None for CUDA when available.
         progress: Show a tqdm bar over epochs (on stderr).
+        trust_code: The opt-in to import an own-code architecture (None: ``DROPINF_TRUST_CODE``).
+        on_epoch: Called as ``on_epoch(epoch, model)`` after each epoch (1-based), e.g. a
+            :class:`CheckpointSchedule` or a progress report; it must leave the model as it was.
 
     Returns:
         The model with train/test accuracy and test loss.
@@ -185,12 +232,11 @@ def train_model(
     """
     started = time.perf_counter()
     device = resolve_device(device)
-    arch_args = {**arch_args_for_data(recipe.arch, bundle.input_shape, bundle.num_classes)}
-    arch_args.update(recipe.arch_args)
+    arch_args = full_arch_args(recipe, bundle)
     torch.manual_seed(recipe.seed)
-    model = build_model(recipe.arch, **arch_args).to(device)
+    model = build_architecture(recipe.arch, arch_args, trust_code).to(device)
     check_model_fits_data(model, bundle)
-    _fit(model, bundle.train, recipe, device, progress)
+    _fit(model, bundle.train, recipe, device, progress, on_epoch)
     model.eval()
     train_accuracy, _ = evaluate(model, bundle.train, device)
     test_accuracy, test_loss = evaluate(model, bundle.test, device)
@@ -205,16 +251,28 @@ def train_model(
     )
 
 
+def full_arch_args(recipe: TrainRecipe, bundle: DatasetBundle) -> dict[str, Any]:
+    """The recipe's architecture arguments completed by the data's (input shape, classes)."""
+    arch_args = {**arch_args_for_data(recipe.arch, bundle.input_shape, bundle.num_classes)}
+    arch_args.update(recipe.arch_args)
+    return arch_args
+
+
 def _fit(
-    model: nn.Module, train: Split, recipe: TrainRecipe, device: torch.device, progress: bool
+    model: nn.Module,
+    train: Split,
+    recipe: TrainRecipe,
+    device: torch.device,
+    progress: bool,
+    on_epoch: EpochCallback | None,
 ) -> None:
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
     )
     generator = torch.Generator().manual_seed(recipe.seed)
     model.train()
-    epochs = tqdm(range(recipe.epochs), desc=f"train {recipe.arch}", disable=not progress)
-    for _ in epochs:
+    epochs = tqdm(range(1, recipe.epochs + 1), desc=f"train {recipe.arch}", disable=not progress)
+    for epoch in epochs:
         total_loss = 0.0
         for inputs, labels in iterate_batches(train, recipe.batch_size, generator):
             inputs, labels = inputs.to(device), labels.to(device)
@@ -224,6 +282,8 @@ def _fit(
             optimizer.step()
             total_loss += loss.item() * len(labels)
         epochs.set_postfix(loss=f"{total_loss / len(train):.4f}")
+        if on_epoch is not None:
+            on_epoch(epoch, model)
 
 
 def iterate_batches(
@@ -271,15 +331,21 @@ def evaluate(
 
 
 def save_trained(
-    path: str | Path, result: TrainResult, recipe: TrainRecipe, bundle: DatasetBundle
+    path: str | Path,
+    result: TrainResult,
+    recipe: TrainRecipe,
+    bundle: DatasetBundle,
+    epoch: int | None = None,
 ) -> Path:
     """Save a trained model as a checkpoint with its recipe, metrics and data provenance.
 
     Args:
         path: ``.safetensors`` or ``.pt`` destination (a ``.json`` sidecar is written next to it).
-        result: What :func:`train_model` returned.
+        result: What :func:`train_model` returned (or a model evaluated after ``epoch``).
         recipe: The recipe it was trained with.
         bundle: The data it was trained on.
+        epoch: The epoch after which the weights were taken, recorded under ``extra.epoch``
+            (checkpoints of a schedule); None for a finished training.
 
     Returns:
         The checkpoint path.
@@ -290,37 +356,160 @@ def save_trained(
         "data_spec": bundle.spec,
         "data_fingerprint": bundle.fingerprint,
     }
+    if epoch is not None:
+        extra["epoch"] = epoch
     return save_checkpoint(path, result.model, result.arch, result.arch_args, extra=extra)
 
 
-def demo_checkpoint_path() -> Path:
-    """Where the demo checkpoint lives; the name changes with the demo recipe and data spec."""
-    recipe = {"recipe": DEMO_RECIPE.to_dict(), "data": DEMO_DATA_SPEC, "threads": 1}
+def checkpoint_epochs(epochs: int) -> list[int]:
+    """The epochs a schedule keeps: 1, 2, 4, 8, ... (log-spaced) below ``epochs``, and ``epochs``.
+
+    Args:
+        epochs: The recipe's epoch count (>= 1).
+
+    Returns:
+        Increasing epoch numbers, the last one ``epochs``.
+    """
+    doublings = [2**power for power in range(epochs.bit_length()) if 2**power < epochs]
+    return [*doublings, epochs]
+
+
+class CheckpointSchedule:
+    """Keeps checkpoints at log-spaced epochs plus the last while a model trains.
+
+    Pass it as ``on_epoch`` to :func:`train_model`. Each kept epoch ``e`` is saved as
+    ``<folder>/epoch-<eeee>.safetensors`` with its sidecar: a normal checkpoint (recipe, data
+    provenance, train / test accuracy and test loss at that epoch) whose ``extra.epoch`` is ``e``.
+
+    Args:
+        folder: Where the checkpoints go: a new or empty folder.
+        recipe: The recipe being trained.
+        bundle: The data it is trained on.
+        own_folder: The folder is dropinf's own (the demo's): it may already hold checkpoints
+            of this very schedule (a training cut short), which are rewritten.
+
+    Raises:
+        ConfigError: The folder is a file, or holds anything this schedule would not write.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        recipe: TrainRecipe,
+        bundle: DatasetBundle,
+        own_folder: bool = False,
+    ) -> None:
+        self.folder = Path(folder)
+        self.recipe, self.bundle = recipe, bundle
+        self.epochs = checkpoint_epochs(recipe.epochs)
+        self._check_folder(own_folder)
+
+    def path(self, epoch: int) -> Path:
+        """The checkpoint of ``epoch``."""
+        return self.folder / f"epoch-{epoch:04d}.safetensors"
+
+    def paths(self) -> list[Path]:
+        """The checkpoints of the schedule, in epoch order."""
+        return [self.path(epoch) for epoch in self.epochs]
+
+    def is_complete(self) -> bool:
+        """True when every checkpoint of the schedule is complete (it and its sidecar load)."""
+        return all(_is_complete_checkpoint(path) for path in self.paths())
+
+    def __call__(self, epoch: int, model: nn.Module) -> None:
+        """Save the model if ``epoch`` is in the schedule (evaluated, then back in train mode)."""
+        if epoch not in self.epochs:
+            return
+        model.eval()
+        train_accuracy, _ = evaluate(model, self.bundle.train)
+        test_accuracy, test_loss = evaluate(model, self.bundle.test)
+        model.train()
+        result = TrainResult(
+            model=model,
+            arch=self.recipe.arch,
+            arch_args=full_arch_args(self.recipe, self.bundle),
+            train_accuracy=train_accuracy,
+            test_accuracy=test_accuracy,
+            test_loss=test_loss,
+            seconds=0.0,
+        )
+        save_trained(self.path(epoch), result, self.recipe, self.bundle, epoch=epoch)
+
+    def _check_folder(self, own_folder: bool) -> None:
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ConfigError(
+                f"expected a folder for the checkpoints at {self.folder}, found a file"
+            )
+        if not self.folder.is_dir():
+            return
+        ours = {path.name for path in self.paths()} | {
+            sidecar_path(path).name for path in self.paths()
+        }
+        found = sorted(entry.name for entry in self.folder.iterdir())
+        foreign = [name for name in found if not (own_folder and name in ours)]
+        if foreign:
+            raise ConfigError(
+                f"expected a new or empty folder for the checkpoints at {self.folder}, found "
+                f"{len(foreign)} entries ({', '.join(foreign[:5])}); nothing was changed"
+            )
+
+
+def demo_preset(name: str = DEFAULT_DEMO) -> DemoPreset:
+    """The embedded demo called ``name``.
+
+    Raises:
+        ConfigError: No such preset.
+    """
+    if name not in DEMO_PRESETS:
+        raise ConfigError(f"expected a demo preset in {sorted(DEMO_PRESETS)}, found {name!r}")
+    return DEMO_PRESETS[name]
+
+
+def demo_checkpoint_path(preset: str = DEFAULT_DEMO) -> Path:
+    """Where a demo checkpoint lives; the name changes with the preset's recipe and data spec."""
+    demo = demo_preset(preset)
+    recipe = {"recipe": demo.recipe.to_dict(), "data": demo.data_spec, "threads": 1}
     key = json.dumps(recipe, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    return paths.demo_dir() / f"demo-small_cnn-digits-{digest}.safetensors"
+    prefix = "" if preset == DEFAULT_DEMO else f"{preset}-"
+    source = demo.data_spec.split(":", 1)[0]
+    return paths.demo_dir() / f"demo-{prefix}{demo.recipe.arch}-{source}-{digest}.safetensors"
 
 
-def ensure_demo_checkpoint(progress: bool = True) -> Path:
-    """The demo checkpoint (small_cnn on digits with 10% symmetric noise), trained on first use.
+def demo_checkpoints_dir(preset: str = DEFAULT_DEMO) -> Path:
+    """The folder of a demo's checkpoint schedule (see :class:`CheckpointSchedule`)."""
+    path = demo_checkpoint_path(preset)
+    return path.with_name(f"{path.stem}-checkpoints")
 
-    Training is deterministic (one CPU thread, fixed seed), so a deleted checkpoint comes back
-    byte-identical. The checkpoint is written atomically after its sidecar; a checkpoint is taken
-    as complete only when both exist and it loads.
+
+def ensure_demo_checkpoint(progress: bool = True, preset: str = DEFAULT_DEMO) -> Path:
+    """A demo checkpoint and its checkpoint schedule, trained on first use.
+
+    ``default`` is small_cnn on digits with 10% symmetric noise; ``memorising`` an MLP that
+    memorises digits with 20% noise. Training is deterministic (one CPU thread, fixed seed), so
+    a deleted checkpoint comes back byte-identical. The checkpoint is written atomically after
+    its sidecar; a checkpoint is taken as complete only when both exist and it loads, and the
+    demo only when its schedule (:func:`demo_checkpoints_dir`) is complete too.
 
     Args:
         progress: Show a tqdm bar while training.
+        preset: The demo's name (see ``DEMO_PRESETS``).
 
     Returns:
         The path of the ``.safetensors`` checkpoint (with ``<path>.json`` next to it).
+
+    Raises:
+        ConfigError: No such preset.
     """
-    path = demo_checkpoint_path()
-    if _is_complete_checkpoint(path):
+    demo = demo_preset(preset)
+    path = demo_checkpoint_path(preset)
+    bundle = load_data(demo.data_spec)
+    schedule = CheckpointSchedule(demo_checkpoints_dir(preset), demo.recipe, bundle, True)
+    if _is_complete_checkpoint(path) and schedule.is_complete():
         return path
-    bundle = load_data(DEMO_DATA_SPEC)
     with torch_threads(1):
-        result = train_model(DEMO_RECIPE, bundle, device="cpu", progress=progress)
-    return save_trained(path, result, DEMO_RECIPE, bundle)
+        result = train_model(demo.recipe, bundle, "cpu", progress, on_epoch=schedule)
+    return save_trained(path, result, demo.recipe, bundle)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,9 @@
 ``ranking`` is the one definition of what to review first (the mislabel score, the queue, the
 suspect marks); ``decisions`` is what a decision is and its JSON form; ``decisions_file`` reads and
 writes ``RUN_DIR/decisions.json`` (atomic writes, a lock, the undo history); ``export`` writes CSV
-and JSON; ``retrain`` names the job verifying the fixes and reads its report; ``run_review`` holds
+and JSON (decisions, the ranked suspects); ``grid`` is the review grid, its filters and the flip
+matrix counts; ``cleaned`` writes a cleaned dataset (.npz, relabel manifest, folder copy);
+``retrain`` names the job verifying the fixes and reads its report; ``run_review`` holds
 ``RunReview``, the object pages and the CLI review a run through. May import ``dropinf.run``,
 ``dropinf.models``, ``dropinf.data``, ``dropinf.metrics``, ``dropinf.core``, ``dropinf.errors`` and
 ``dropinf.paths``; never the engine, the dashboard, the CLI or streamlit.
@@ -11,7 +13,14 @@ and JSON; ``retrain`` names the job verifying the fixes and reads its report; ``
 
 from __future__ import annotations
 
+from dropinf.review.cleaned import (
+    cleaned_bundle,
+    cleaned_npz_bytes,
+    copy_cleaned_folder,
+    relabel_manifest,
+)
 from dropinf.review.decisions import (
+    UNDECIDED,
     Decision,
     DecisionBatch,
     decide,
@@ -32,7 +41,8 @@ from dropinf.review.decisions_file import (
     update_decisions,
     update_flags,
 )
-from dropinf.review.export import export_csv, export_json
+from dropinf.review.export import export_csv, export_json, suspects_csv
+from dropinf.review.grid import QueueFilter, class_suspect_counts, filter_queue, flip_counts
 from dropinf.review.ranking import (
     PRIMARY_SCORE,
     leave_one_out_loss,
@@ -52,15 +62,23 @@ from dropinf.review.run_review import RunReview
 __all__ = [
     "PRIMARY_SCORE",
     "RETRAIN_JOB",
+    "UNDECIDED",
     "Decision",
     "DecisionBatch",
+    "QueueFilter",
     "RunReview",
+    "class_suspect_counts",
+    "cleaned_bundle",
+    "cleaned_npz_bytes",
+    "copy_cleaned_folder",
     "decide",
     "decided_flips",
     "decisions_path",
     "export_csv",
     "export_json",
+    "filter_queue",
     "fixes_from_decisions",
+    "flip_counts",
     "leave_one_out_loss",
     "load_decisions",
     "load_flags",
@@ -70,12 +88,14 @@ __all__ = [
     "parse_flags",
     "parse_history",
     "record_decisions",
+    "relabel_manifest",
     "retrain_report_path",
     "review_queue",
     "review_status",
     "save_decisions",
     "suggested_label",
     "suspect_mask",
+    "suspects_csv",
     "suspicion",
     "undo_decisions",
     "update_decisions",

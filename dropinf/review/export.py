@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from dropinf.review.decisions import Decision, encode_document
 
@@ -111,3 +112,24 @@ def _export_row(
     if self_influence is not None:
         row["self_influence"] = float(self_influence[index])
     return row
+
+
+SUSPECT_COLUMNS = ("rank", "train_index", "path", "given_label", "given_class", "predicted_label",
+                   "predicted_class", "suggested_label", "suggested_class", "score")  # fmt: skip
+
+
+def suspects_csv(grid: pd.DataFrame, top: int | None = None) -> bytes:
+    """The ranked training examples of a review grid as CSV bytes, in the grid's order.
+
+    Args:
+        grid: A table of ``RunReview.grid`` (``path`` and ``*_class`` columns when it has them).
+        top: Rows written from the top; None writes all.
+
+    Returns:
+        UTF-8 CSV with the columns of ``SUSPECT_COLUMNS`` the grid has (``score`` is the
+        mislabel score the queue ranks by).
+    """
+    table = grid.head(top) if top is not None else grid
+    table = table.rename(columns={"suspicion": "score"})
+    columns = [column for column in SUSPECT_COLUMNS if column in table.columns]
+    return table[columns].to_csv(index=False).encode()

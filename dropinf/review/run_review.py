@@ -25,6 +25,7 @@ from dropinf.review.decisions_file import (
     undo_decisions,
     update_flags,
 )
+from dropinf.review.grid import QueueFilter, filter_queue, flip_counts, grid_table
 from dropinf.review.ranking import PRIMARY_SCORE, mislabel_scores, review_queue, suspect_mask
 from dropinf.run import RunStore
 
@@ -89,6 +90,32 @@ class RunReview:
             self.decisions(), class_names=self.class_names, include_decided=include_decided,
             flags=self.flags(),
         )  # fmt: skip
+
+    def grid(
+        self,
+        ids: Sequence[str] | None = None,
+        queue_filter: QueueFilter | None = None,
+        include_decided: bool = False,
+    ) -> pd.DataFrame:
+        """The queue as the review grid (``grid_table``), filtered, in queue order.
+
+        Args:
+            ids: One name per training example; adds the ``path`` column.
+            queue_filter: Which rows to keep; None keeps all.
+            include_decided: Keep examples that already have a decision.
+        """
+        table = grid_table(self.queue(include_decided), ids, self.class_names)
+        return filter_queue(table, queue_filter or QueueFilter())
+
+    def flip_counts(self, num_classes: int, top_k: int | None = None) -> np.ndarray:
+        """(C, C) given → suggested counts over the top ``top_k`` of the queue, decided included.
+
+        Args:
+            num_classes: C.
+            top_k: Queue rows counted; None counts all.
+        """
+        table = grid_table(self.queue(include_decided=True))
+        return flip_counts(table["given_label"], table["suggested_label"], num_classes, top_k)
 
     def decisions(self) -> dict[int, Decision]:
         """Training index -> decision, as stored now."""

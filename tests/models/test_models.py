@@ -149,7 +149,7 @@ def test_bare_state_dict_with_explicit_architecture(tmp_path):
         {"model_state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path
     )
     with pytest.raises(
-        CheckpointError, match=r"no architecture known; expected a sidecar bare\.pt\.json"
+        CheckpointError, match=r"architecture: .* without a sidecar \(bare\.pt\.json\)"
     ):
         load_checkpoint(path)
     loaded = load_checkpoint(path, arch="small_cnn", arch_args=DIGITS_CNN_ARGS)

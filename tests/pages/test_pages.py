@@ -135,7 +135,7 @@ def computed_app(loaded_app: AppTest) -> AppTest:
 @pytest.mark.slow
 def test_compute_finishes_and_is_reused(computed_app: AppTest, home: Path) -> None:
     at = computed_app
-    assert any("already ran" in s.value for s in at.success), [e.value for e in at.error]
+    assert any("The run finished" in s.value for s in at.success), [e.value for e in at.error]
     manifest = json.loads((run_dir_of(at, home) / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert at.query_params["run"] == run_dir_of(at, home).name
@@ -269,10 +269,14 @@ def test_undo_reverts_in_order_across_sessions_and_goes_back(
 @pytest.mark.slow
 def test_retrain_reports_before_and_after(computed_app: AppTest) -> None:
     at = open_page(computed_app, "pages/label_issues.py")
+    at.button(key="relabel").click().run()  # the button needs a decision to verify
     at.button(key="retrain").click().run()
     assert_clean(at)
     labels = {m.label for m in at.metric}
-    assert {"Test accuracy before", "Test accuracy after"} <= labels, [e.value for e in at.error]
+    expected = {"Test accuracy before", "Test accuracy after", "Paired change (95 % interval)"}
+    assert expected <= labels, [e.value for e in at.error]
+    verdict = " ".join(info.value for info in at.info)
+    assert "seeds" in verdict and "test examples" in verdict, verdict
 
 
 @pytest.mark.slow
