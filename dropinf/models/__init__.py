@@ -22,6 +22,14 @@ from dropinf.models.checkpoints import (
     sidecar_path,
     write_sidecar,
 )
+from dropinf.models.demo import (
+    DEMO_PRESETS,
+    DEMO_RECIPE,
+    DemoPreset,
+    demo_checkpoint_path,
+    demo_checkpoints_dir,
+    ensure_demo_checkpoint,
+)
 from dropinf.models.own_code import TRUST_CODE_ENV, code_trusted, is_code_reference
 from dropinf.models.registry import (
     arch_args_for_data,
@@ -39,15 +47,9 @@ from dropinf.models.retrain import (
     retrain_with_fixes,
 )
 from dropinf.models.training import (
-    DEMO_PRESETS,
-    DEMO_RECIPE,
     CheckpointSchedule,
-    DemoPreset,
     TrainRecipe,
     checkpoint_epochs,
-    demo_checkpoint_path,
-    demo_checkpoints_dir,
-    ensure_demo_checkpoint,
     evaluate,
     resolve_device,
     save_trained,

@@ -28,7 +28,7 @@ from dropinf.models import (
     torch_threads,
     train_model,
 )
-from dropinf.models import training as train_module
+from dropinf.models import demo as demo_module
 
 TINY = TrainRecipe(arch="mlp", arch_args={"hidden_sizes": [16]}, epochs=5, batch_size=128)
 
@@ -131,7 +131,7 @@ def test_default_demo_path_is_unchanged_and_presets_differ(dropinf_home):
 
 def test_demo_keeps_its_schedule_and_restores_it(dropinf_home, monkeypatch):
     tiny = DemoPreset("tiny", replace(TINY, epochs=3), "digits:noise=0.2,seed=0", "a test demo")
-    monkeypatch.setitem(train_module.DEMO_PRESETS, "tiny", tiny)
+    monkeypatch.setitem(demo_module.DEMO_PRESETS, "tiny", tiny)
     path = ensure_demo_checkpoint(progress=False, preset="tiny")
     folder = demo_checkpoints_dir("tiny")
     kept = sorted(folder.glob("*.safetensors"))

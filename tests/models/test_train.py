@@ -25,6 +25,7 @@ from dropinf.models import (
     torch_threads,
     train_model,
 )
+from dropinf.models import demo as demo_module
 from dropinf.models import training as train_module
 
 # Measured with DEMO_RECIPE (small_cnn, 12 epochs, AdamW 1e-3, batch 64), one thread, seeds 0-4:
@@ -118,7 +119,7 @@ def test_truncated_demo_checkpoint_is_not_taken_for_complete(dropinf_home, monke
     )
     path.write_bytes(path.read_bytes()[:100])  # as if a copy was cut short
     retrained = []
-    monkeypatch.setattr(train_module, "train_model", lambda *a, **k: retrained.append(1) or _stop())
+    monkeypatch.setattr(demo_module, "train_model", lambda *a, **k: retrained.append(1) or _stop())
     with pytest.raises(RuntimeError, match="retraining started"):
         ensure_demo_checkpoint(progress=False)
     assert retrained == [1]
