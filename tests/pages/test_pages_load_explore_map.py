@@ -19,9 +19,9 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from tests.pages.test_pages import assert_clean, new_app, open_page
+
 ROOT = Path(__file__).resolve().parents[2]
-APP = str(ROOT / "app.py")
-SLOW = 600
 
 REFUSING_JOB = "import sys; print('error: expected a 10-class model, found 3', file=sys.stderr); "
 REFUSING_JOB += "sys.exit(2)"
@@ -42,25 +42,6 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     patcher.setenv("DROPINF_SYNC_JOBS", "1")
     yield home
     patcher.undo()
-
-
-def new_app(query: dict[str, str] | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=SLOW)
-    at.session_state["dropinf_sync_jobs"] = True
-    at.query_params.update(query or {})
-    at.run()
-    assert_clean(at)
-    return at
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
-def open_page(at: AppTest, page: str) -> AppTest:
-    at.switch_page(page).run()
-    assert_clean(at)
-    return at
 
 
 def test_the_load_page_says_what_the_data_root_is(home: Path) -> None:
