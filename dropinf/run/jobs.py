@@ -293,7 +293,11 @@ def _external_run_status(run_dir: Path, progress: JobStatus) -> JobStatus:
 
 def _job_progress(run_dir: Path, name: str) -> JobStatus:
     """The progress a named job (map, retrain) reports in ``<name>.progress``, if any."""
-    progress = read_json_object(job_progress_path(run_dir, name)) or {}
+    return _running_status(read_json_object(job_progress_path(run_dir, name)) or {})
+
+
+def _running_status(progress: dict[str, Any]) -> JobStatus:
+    """A running job's status from what it reported (``progress.json`` keys)."""
     return JobStatus(
         "running",
         done=int(progress.get("done") or 0),
@@ -308,14 +312,7 @@ def _progress_status(run_dir: Path) -> JobStatus:
     store = RunStore(run_dir)
     progress = store.read_progress()
     if progress:
-        return JobStatus(
-            "running",
-            done=int(progress.get("done") or 0),
-            total=int(progress.get("total") or 0),
-            phase=str(progress.get("phase") or ""),
-            examples_per_s=progress.get("examples_per_s"),
-            eta_s=progress.get("eta_s"),
-        )
+        return _running_status(progress)
     manifest = read_run_manifest(run_dir)
     done, total = int(manifest.get("rows_done") or 0), int(manifest.get("n_train") or 0)
     return JobStatus("running", done=done, total=total, phase="gradients" if total else "")
