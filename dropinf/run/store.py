@@ -30,6 +30,7 @@ import fcntl
 import glob
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -272,21 +273,34 @@ class RunStore:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise RunLockedError(self._locked_message(activity)) from None
-            holder = {"pid": os.getpid(), "activity": activity, "since": now_iso()}
-            os.ftruncate(descriptor, 0)
-            os.pwrite(descriptor, json.dumps(holder).encode(), 0)
+            holder = json.dumps({"pid": os.getpid(), "activity": activity, "since": now_iso()})
+            os.pwrite(descriptor, holder.encode(), 0)  # never empty: written, then cut to size
+            os.ftruncate(descriptor, len(holder.encode()))
             yield
         finally:
             os.close(descriptor)  # releases the flock, also when the process is killed
 
     def _locked_message(self, activity: str) -> str:
-        holder = read_json_object(self.lock_path)
+        holder = self._lock_holder()
         who = f"PID {holder['pid']}" if "pid" in holder else "another process"
         since = f" since {holder['since']}" if "since" in holder else ""
         return (
             f"run directory {self.run_dir} is already being {holder.get('activity', activity)} "
             f"by {who}{since}; wait for it to finish (then the run is reused) or stop that process"
         )
+
+    def _lock_holder(self, attempts: int = 40) -> dict[str, Any]:
+        """The lock holder's record; waits briefly for a holder that has locked but not yet written.
+
+        Args:
+            attempts: Reads 25 ms apart before settling for an unnamed holder.
+        """
+        for _ in range(attempts):
+            holder = read_json_object(self.lock_path)
+            if "pid" in holder:
+                return holder
+            time.sleep(0.025)
+        return holder
 
     def clear(self) -> None:
         """Delete the run's own files (manifest first), keeping anything else in the folder.

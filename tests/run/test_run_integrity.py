@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -231,6 +233,21 @@ def test_a_second_writer_is_refused_with_the_first_ones_pid(tmp_path: Path) -> N
     with RunStore(tmp_path / "run").writer_lock(), pytest.raises(RunLockedError, match=message):
         make_engine(tmp_path / "run").fit(make_train())
     make_engine(tmp_path / "run").fit(make_train())  # released: the next writer computes
+
+
+def test_a_holder_that_has_not_yet_written_its_pid_is_still_named(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.prepare()
+    descriptor = os.open(store.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)  # locked, record not yet written (the CI race)
+    late = threading.Timer(0.2, os.pwrite, (descriptor, b'{"pid": 4242, "since": "x"}', 0))
+    late.start()
+    try:
+        with pytest.raises(RunLockedError, match="already being computed by PID 4242 since x"):
+            make_engine(tmp_path / "run").fit(make_train())
+    finally:
+        late.join()
+        os.close(descriptor)
 
 
 @pytest.fixture(scope="module")
