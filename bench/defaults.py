@@ -46,7 +46,7 @@ from dropinf.core import (  # noqa: E402
 )
 from dropinf.data import DatasetBundle  # noqa: E402
 from dropinf.engine import InfluenceEngine  # noqa: E402
-from dropinf.metrics import fidelity  # noqa: E402
+from dropinf.metrics import fidelity, roc_auc  # noqa: E402
 
 DEFAULT_RATIO = 0.1
 TOLERANCE = 0.01
@@ -131,11 +131,13 @@ def run_config(
             engine.fit(bundle.train, batch_size=BATCH)
             scores = engine.pairwise_scores(bundle.test, batch_size=BATCH).numpy()
         seconds = time.perf_counter() - start
+        auc = roc_auc(engine.self_influence().numpy(), bundle.noisy_mask)
         k = int(engine.store.read_manifest()["k"])
     row = {
         **asdict(config),
         "row": config.row,
         "lds": report_lds(scores, subsets),
+        "auc": auc,
         "seconds": seconds,
         "k": k,
         "peak_mb": memory.peak / 2**20,
@@ -175,7 +177,7 @@ def run_setting(
         results.append(last)
         print(
             f"  {config.row} · ratio {config.damping_ratio:g}: LDS {last['lds']:.3f} "
-            f"{last['seconds']:.2f}s",
+            f"AUC {last['auc']:.4f} {last['seconds']:.2f}s",
             file=sys.stderr,
             flush=True,
         )
@@ -212,8 +214,8 @@ def markdown_table(setting: dict) -> str:
     rows = rows_of(setting)
     ratios = [r["damping_ratio"] for r in next(iter(rows.values()))]
     head = "| mask · curvature · keep | k | " + " | ".join(f"ratio {r:g}" for r in ratios)
-    lines = [head + " | s / run | peak MB | default − best |"]
-    lines.append("|---" * (len(ratios) + 5) + "|")
+    lines = [head + " | s / run | peak MB | default − best | mislabel AUC |"]
+    lines.append("|---" * (len(ratios) + 6) + "|")
     for row, results in rows.items():
         best = best_of(results)
         cells = [cell(r, r is best) for r in results]
@@ -224,7 +226,7 @@ def markdown_table(setting: dict) -> str:
         lines.append(
             f"| {row} | {results[0]['k']} | "
             + " | ".join(cells)
-            + f" | {seconds:.2f} | {peak:.0f} | {gap} |"
+            + f" | {seconds:.2f} | {peak:.0f} | {gap} | {auc_range(results)} |"
         )
     title = (
         f"**{setting['setting']}** (n_train {setting['n_train']}, LDS on "
@@ -232,6 +234,12 @@ def markdown_table(setting: dict) -> str:
         "(r, ρ): Pearson, Spearman with exact influence at the same ratio)"
     )
     return title + "\n\n" + "\n".join(lines)
+
+
+def auc_range(results: list[dict]) -> str:
+    """The row's self-influence mislabel AUC over its ratios (one value when they agree)."""
+    low, high = min(r["auc"] for r in results), max(r["auc"] for r in results)
+    return f"{low:.3f}" if round(low, 3) == round(high, 3) else f"{low:.3f}–{high:.3f}"
 
 
 def cell(result: dict, best: bool) -> str:

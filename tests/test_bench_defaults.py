@@ -9,7 +9,9 @@ import pytest
 from bench import defaults
 
 
-def result(mask: str, curvature: str, ratio: float, lds: float, seconds: float = 1.0) -> dict:
+def result(
+    mask: str, curvature: str, ratio: float, lds: float, seconds: float = 1.0, auc: float = 0.9
+) -> dict:
     config = defaults.Config(mask, curvature, 0.25, ratio)
     return {
         **vars(config),
@@ -18,6 +20,7 @@ def result(mask: str, curvature: str, ratio: float, lds: float, seconds: float =
         "seconds": seconds,
         "k": 610,
         "peak_mb": 5.0,
+        "auc": auc,
     }
 
 
@@ -61,8 +64,8 @@ def test_table_marks_only_the_best_ratio_of_each_row():
     )
     uniform_row = next(line for line in table.splitlines() if line.startswith("| uniform"))
     energy_row = next(line for line in table.splitlines() if line.startswith("| energy"))
-    assert "| 0.500 | **0.600** |" in uniform_row and uniform_row.endswith("| -0.100 |")
-    assert "| **0.700** | 0.400 |" in energy_row and energy_row.endswith("| +0.000 |")
+    assert "| 0.500 | **0.600** |" in uniform_row and uniform_row.endswith("| -0.100 | 0.900 |")
+    assert "| **0.700** | 0.400 |" in energy_row and energy_row.endswith("| +0.000 | 0.900 |")
 
 
 @pytest.mark.parametrize(("default_lds", "verdict"), [(0.595, "met"), (0.585, "missed")])
@@ -100,7 +103,14 @@ def test_tiny_run_prints_tables_and_writes_every_configuration(tmp_path, capsys)
     assert len(results) == 2 + 2 * 2 * 2
     for row in results:
         assert -1.0 <= row["lds"] <= 1.0 and row["seconds"] > 0 and row["k"] > 0
+        assert 0.5 < row["auc"] <= 1.0  # self-influence finds the 10 % flips better than chance
         assert row["method"] == "identity" or -1.0 <= row["pearson_exact"] <= 1.0
     assert printed.count("**mlp · symmetric · seed 0**") == 1
     assert "### Default damping ratio 0.1 within 0.01 of the best" in printed
     assert list((tmp_path / "cache").glob("lds-*.npz")), "the retrained subsets are cached"
+
+
+def test_auc_column_shows_the_rows_range_over_ratios():
+    results = [result("uniform", "full", r, 0.5, auc=a) for r, a in ((0.1, 0.91), (1.0, 0.95))]
+    assert defaults.auc_range(results) == "0.910–0.950"
+    assert defaults.auc_range(results[:1]) == "0.910"
