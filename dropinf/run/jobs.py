@@ -52,6 +52,9 @@ class JobStatus:
         eta_s: Seconds left in the current phase, if known.
         error: Why the job failed, for ``failed``; else None.
         pid: Process id of the live job, for ``queued`` / ``running``.
+        checkpoint: For a run over several checkpoints: the one being computed, else ``""``.
+        checkpoint_index: Its position (0-based) among ``checkpoints``.
+        checkpoints: How many checkpoints the run has (0 for a run of one model).
     """
 
     state: str
@@ -62,6 +65,9 @@ class JobStatus:
     eta_s: float | None = None
     error: str | None = None
     pid: int | None = None
+    checkpoint: str = ""
+    checkpoint_index: int = 0
+    checkpoints: int = 0
 
     @property
     def is_active(self) -> bool:
@@ -305,6 +311,9 @@ def _running_status(progress: dict[str, Any]) -> JobStatus:
         phase=str(progress.get("phase") or ""),
         examples_per_s=progress.get("examples_per_s"),
         eta_s=progress.get("eta_s"),
+        checkpoint=str(progress.get("checkpoint") or ""),
+        checkpoint_index=int(progress.get("checkpoint_index") or 0),
+        checkpoints=int(progress.get("checkpoints") or 0),
     )
 
 
