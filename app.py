@@ -27,6 +27,12 @@ PAGES = [
         icon=":material/flag:",
         url_path="label_issues",  # = the file name: deep links work before the router runs
     ),
+    st.Page(
+        "pages/compare.py",
+        title="Compare runs",
+        icon=":material/compare_arrows:",
+        url_path="compare",
+    ),
 ]
 
 

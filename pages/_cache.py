@@ -21,7 +21,8 @@ from dropinf import data, models, paths
 from dropinf import run as runs
 from dropinf.core import CompressionConfig, CurvatureConfig
 from dropinf.errors import DropinfError
-from dropinf.review import RunReview
+from dropinf.models.demo import DEFAULT_DEMO, demo_preset
+from dropinf.review import RunReview, suggest_labels
 from dropinf.run import RunStore
 from pages._state import SYNC_KEY, Context
 
@@ -79,11 +80,17 @@ def job_architecture(context: Context) -> tuple[str | None, dict | None]:
     return (None, None) if (saved.arch, saved.arch_args) == wanted else wanted
 
 
-def ensure_demo() -> Context:
-    """The demo context, training and caching its checkpoint on first use."""
-    with st.spinner("Preparing the demo model (first use trains a small CNN)…"):
-        checkpoint = models.ensure_demo_checkpoint()
-    return Context(checkpoint=str(checkpoint), data_spec=data.DEMO_DATA_SPEC, title="demo")
+def ensure_demo(preset: str = DEFAULT_DEMO) -> Context:
+    """The context of an embedded demo, training and caching its checkpoint on first use.
+
+    Raises:
+        ConfigError: No such preset.
+    """
+    demo = demo_preset(preset)
+    with st.spinner(f"Preparing the demo model (first use trains {demo.description})…"):
+        checkpoint = models.ensure_demo_checkpoint(progress=False, preset=preset)
+    title = "demo" if preset == DEFAULT_DEMO else f"demo ({preset})"
+    return Context(checkpoint=str(checkpoint), data_spec=demo.data_spec, title=title)
 
 
 def run_review(store: RunStore, bundle: data.DatasetBundle) -> RunReview:
@@ -160,6 +167,32 @@ def proponents_table(review: RunReview, context: Context, index: int, k: int) ->
     return views.top_influences(
         row, k, labels=meta["label"], predictions=meta["prediction"], exclude=[index]
     )
+
+
+def queue_suggestions(review: RunReview, context: Context) -> dict[int, int]:
+    """Training index -> suggested label for the top of a complete run's queue.
+
+    The top ``views.SUGGESTED_ROWS`` by the queue's score get ``review.suggest_labels`` from
+    their influence rows (their stored gradients scored against the run); the review grid
+    suggests the prediction for the others. Cached per run and manifest version.
+
+    Raises:
+        DropinfError: The run cannot be reopened for queries.
+    """
+    stamp = review.store.manifest_path.stat().st_mtime_ns
+    return _queue_suggestions(str(review.run_dir), context, stamp, review)
+
+
+@st.cache_data(show_spinner="Suggesting labels from influence…", max_entries=8)
+def _queue_suggestions(
+    run_dir: str, context: Context, stamp: int, _review: RunReview
+) -> dict[int, int]:
+    """``queue_suggestions`` keyed by run, context and manifest version (``_review`` unhashed)."""
+    meta = _review.metadata
+    order = views.top_indices(_review.primary_score())
+    rows = views.influence_rows(influence_engine(run_dir, context), order)
+    labels = suggest_labels(rows, order, meta["label"], meta["prediction"])
+    return dict(zip(order.tolist(), labels.tolist(), strict=True))
 
 
 def predict(context: Context, inputs: torch.Tensor) -> int:

@@ -21,19 +21,35 @@ T = TypeVar("T")
 
 
 def demo_panel() -> None:
-    """The one-click demo: digits with 10% flipped labels and its small CNN."""
+    """The one-click demos: the default (a small CNN) or the memorising MLP."""
     st.markdown(
-        "The **embedded demo** is the scikit-learn digits (8×8 greyscale) with **10% of the "
-        "training labels flipped** on purpose, and a small CNN trained on them. The flipped "
-        "labels are known, so the Label-issues page can score how well influence finds them."
+        "The **embedded demos** use the scikit-learn digits (8×8 greyscale) with training "
+        "labels **flipped on purpose**. The flipped labels are known, so the Label-issues page "
+        "can score how well influence finds them."
     )
+    preset = st.radio(
+        "Demo", list(models.DEMO_PRESETS), key="demo_preset", horizontal=True,
+        format_func=lambda name: DEMO_NAMES.get(name, name),
+        captions=[DEMO_NOTES.get(name, models.DEMO_PRESETS[name].description)
+                  for name in models.DEMO_PRESETS],
+    )  # fmt: skip
     if st.button("Load the demo", type="primary", icon=":material/rocket_launch:", key="load_demo"):
         try:
-            context = cache.ensure_demo()
+            context = cache.ensure_demo(preset)
         except DropinfError as error:
             ui.show_error(error)
             return
         ui.open_context(context)
+
+
+DEMO_NAMES = {"default": "Default", "memorising": "Memorising"}
+DEMO_NOTES = {
+    "default": "A small CNN, 10% of the labels flipped (about 6 s to train on first use). "
+    "The training loss finds the flips as well as influence does.",
+    "memorising": "An MLP trained to memorise 20% flipped labels, no weight decay (about "
+    "30 s on first use). It fits the wrong labels, so their loss is low: see the AUC gap "
+    "between influence and the loss on the Label-issues page.",
+}
 
 
 DATA_ROOT_ENV = "DROPINF_DATA_ROOT"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from dropinf.cli.arguments import COMPRESSION_DEFAULTS, CURVATURE_DEFAULTS, NO_CAP
@@ -31,7 +32,8 @@ DEFAULT_MAP_SEED = 0
 def compute_request(args: argparse.Namespace) -> RunRequest:
     """The run request that parsed ``compute`` arguments ask for.
 
-    Without ``--device``, the device is the one the engine would pick (CUDA when present).
+    Without ``--device``, the device is the one the engine would pick (CUDA when present). Its
+    checkpoint is the (last) ``--model`` given: a file, or a folder of checkpoints.
 
     Raises:
         ConfigError: A config value is out of range (e.g. ``--keep-ratio 2``).
@@ -46,7 +48,7 @@ def compute_request(args: argparse.Namespace) -> RunRequest:
         max_kept_units=args.max_kept_units,
     )
     return RunRequest(
-        checkpoint=args.model,
+        checkpoint=args.model[-1],
         data_spec=args.data,
         compression=compression,
         curvature=CurvatureConfig(kind=args.curvature, damping=args.damping),
@@ -57,12 +59,23 @@ def compute_request(args: argparse.Namespace) -> RunRequest:
     )
 
 
-def compute_command(request: RunRequest, run_dir: str | Path) -> list[str]:
+def compute_command(
+    request: RunRequest,
+    run_dir: str | Path,
+    checkpoints: Sequence[str | Path] | None = None,
+    combination: str | None = None,
+) -> list[str]:
     """The CLI command that computes (or resumes) a request's run.
+
+    A request whose checkpoint is a folder of checkpoints computes a run over all of them, as
+    does one given ``checkpoints``.
 
     Args:
         request: The run request.
         run_dir: Where the run is written.
+        checkpoints: Several checkpoints to compute one run over, in training order; the last
+            must be ``request.checkpoint``. None: ``request.checkpoint`` alone.
+        combination: How several checkpoints' scores are combined; None: the default.
 
     Returns:
         An argv list starting with ``sys.executable -m dropinf compute``; ``compute_request``
@@ -74,9 +87,9 @@ def compute_command(request: RunRequest, run_dir: str | Path) -> list[str]:
     """
     compression, curvature = request.compression, request.curvature
     _check_expressible(compression, curvature)
+    models = _model_arguments(request, checkpoints)
     cap = compression.max_kept_units
     options = {
-        "--model": str(request.checkpoint),
         "--data": request.data_spec,
         "--method": compression.method,
         "--keep-ratio": repr(compression.keep_ratio),
@@ -94,7 +107,27 @@ def compute_command(request: RunRequest, run_dir: str | Path) -> list[str]:
         options["--arch"] = request.arch
     if request.arch_args is not None:
         options["--arch-args"] = json.dumps(request.arch_args, sort_keys=True)
-    return [sys.executable, "-m", "dropinf", "compute", *_spell(options)]
+    if combination is not None:
+        options["--combination"] = combination
+    spelled_models = [token for model in models for token in _spell({"--model": model})]
+    return [sys.executable, "-m", "dropinf", "compute", *spelled_models, *_spell(options)]
+
+
+def _model_arguments(request: RunRequest, checkpoints: Sequence[str | Path] | None) -> list[str]:
+    """The ``--model`` values of a request's command: its checkpoint, or all ``checkpoints``.
+
+    Raises:
+        ConfigError: ``checkpoints`` is empty or does not end with ``request.checkpoint``.
+    """
+    if checkpoints is None:
+        return [str(request.checkpoint)]
+    models = [str(path) for path in checkpoints]
+    if not models or Path(models[-1]) != Path(request.checkpoint):
+        raise ConfigError(
+            f"checkpoints: expected a list ending with the request's checkpoint "
+            f"{request.checkpoint}, found {models}"
+        )
+    return models
 
 
 def _check_expressible(compression: CompressionConfig, curvature: CurvatureConfig) -> None:

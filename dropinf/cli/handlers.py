@@ -6,6 +6,7 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dropinf.cli.arguments import (
     COMPRESSION_DEFAULTS,
@@ -25,8 +26,13 @@ from dropinf.core import (
     CURVATURE_KINDS,
     MASK_STRATEGIES,
 )
+from dropinf.engine.ensemble import COMBINATIONS, DEFAULT_COMBINATION
 from dropinf.errors import ConfigError
 from dropinf.run import RunRequest
+
+if TYPE_CHECKING:
+    from dropinf.data import DatasetBundle
+    from dropinf.models import LoadedCheckpoint
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +88,19 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         required=True,
         type=Path,
-        help="checkpoint (.safetensors or .pt) with its <ckpt>.json sidecar, or with --arch",
+        nargs="+",
+        action="extend",
+        metavar="CKPT",
+        help="checkpoint (.safetensors or .pt) with its <ckpt>.json sidecar, or with --arch; "
+        "several checkpoints, or a folder of them (ordered by the epoch in their metadata, then "
+        "name), make one run per checkpoint and their combined scores",
+    )
+    parser.add_argument(
+        "--combination",
+        default=DEFAULT_COMBINATION,
+        choices=COMBINATIONS,
+        help="how several checkpoints' scores are combined: tracin (learning-rate-weighted "
+        "mean, the default), rank (mean rank) or standardised (mean z-score)",
     )
     add_architecture_arguments(parser, None)
     parser.add_argument("--data", required=True, help="dataset spec (see `train --help`)")
@@ -131,20 +149,68 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_model_fits_data(model: Any, bundle: DatasetBundle) -> None:
+    """``dropinf.models.check_model_fits_data``, imported when a command needs it."""
+    from dropinf.models import check_model_fits_data as check
+
+    check(model, bundle)
+
+
 def run_compute(args: argparse.Namespace) -> None:
-    """Compute a run directory: compressed gradients, curvature, self-influence, test scores."""
-    from dropinf.core import cross_entropy_per_sample
+    """Compute a run directory: compressed gradients, curvature, self-influence, test scores.
+
+    One checkpoint makes a run of one model; several (or a folder of several) make a run per
+    checkpoint and their combined scores (``dropinf.engine.EnsembleEngine``).
+    """
     from dropinf.data import load_data
-    from dropinf.engine import InfluenceEngine
-    from dropinf.models import check_model_fits_data, load_checkpoint
 
     request = compute_request(args)
-    checkpoint = load_checkpoint(
-        args.model, request.arch, request.arch_args, trust_code=trust_code_of(args)
-    )
+    checkpoints = load_compute_checkpoints(args.model, request, trust_code_of(args))
     bundle = load_data(args.data)
-    check_model_fits_data(checkpoint.model, bundle)
-    provenance = {
+    for checkpoint in checkpoints:
+        check_model_fits_data(checkpoint.model, bundle)
+    if len(checkpoints) == 1:
+        engine = _fit_one_model(args, request, checkpoints[0], bundle)
+    else:
+        engine = _fit_checkpoints(args, request, checkpoints, bundle)
+    manifest = engine.store.read_manifest()
+    summary = {
+        key: manifest[key] for key in ("status", "k", "n_train", "curvature_kind", "damping")
+    }
+    if len(checkpoints) > 1:
+        summary.update(checkpoints=len(checkpoints), combination=args.combination)
+    print(json.dumps({"run_dir": str(args.out), **summary}, indent=2))
+
+
+def load_compute_checkpoints(
+    models: list[Path], request: RunRequest, trust_code: bool | None
+) -> list[LoadedCheckpoint]:
+    """The checkpoints ``--model`` names: files as given, a folder's in epoch order.
+
+    Raises:
+        CheckpointError: A file is missing or unreadable, or a folder holds no checkpoint.
+        CheckpointMismatchError: Several checkpoints that are not of one architecture, shape
+            and training set (naming the odd one out), or one given twice.
+    """
+    from dropinf.models import load_checkpoint
+    from dropinf.run import check_one_model_family, checkpoint_files, in_epoch_order
+
+    def load(path: Path) -> LoadedCheckpoint:
+        return load_checkpoint(path, request.arch, request.arch_args, trust_code=trust_code)
+
+    checkpoints: list[LoadedCheckpoint] = []
+    for model in models:
+        if model.is_dir():
+            checkpoints += in_epoch_order([load(path) for path in checkpoint_files(model)])
+        else:
+            checkpoints.append(load(model))
+    if len(checkpoints) > 1:
+        check_one_model_family(checkpoints)
+    return checkpoints
+
+
+def _provenance(checkpoint: LoadedCheckpoint, bundle: DatasetBundle) -> dict[str, Any]:
+    return {
         "checkpoint": str(checkpoint.path.resolve()),
         "checkpoint_sha256": checkpoint.sha256,
         "arch": checkpoint.arch,
@@ -152,6 +218,18 @@ def run_compute(args: argparse.Namespace) -> None:
         "data_spec": bundle.spec,
         "data_fingerprint": bundle.fingerprint,
     }
+
+
+def _fit_one_model(
+    args: argparse.Namespace,
+    request: RunRequest,
+    checkpoint: LoadedCheckpoint,
+    bundle: DatasetBundle,
+) -> Any:
+    """The run of one checkpoint, fitted."""
+    from dropinf.core import cross_entropy_per_sample
+    from dropinf.engine import InfluenceEngine
+
     engine = InfluenceEngine(
         checkpoint.model,
         cross_entropy_per_sample,
@@ -160,16 +238,57 @@ def run_compute(args: argparse.Namespace) -> None:
         run_dir=args.out,
         device=request.device,
         overwrite=args.overwrite,
-        provenance=provenance,
+        provenance=_provenance(checkpoint, bundle),
         show_progress=True,
     )
     test = None if args.no_test_scores else bundle.test
-    engine.fit(bundle.train, request.batch_size, test, data_fingerprint=bundle.fingerprint)
-    manifest = engine.store.read_manifest()
-    summary = {
-        key: manifest[key] for key in ("status", "k", "n_train", "curvature_kind", "damping")
+    return engine.fit(bundle.train, request.batch_size, test, data_fingerprint=bundle.fingerprint)
+
+
+def _fit_checkpoints(
+    args: argparse.Namespace,
+    request: RunRequest,
+    checkpoints: list[LoadedCheckpoint],
+    bundle: DatasetBundle,
+) -> Any:
+    """The run over several checkpoints (one run each, scores combined), fitted.
+
+    The top level's provenance names the last checkpoint (the final model: the dashboard loads
+    it for queries) and lists them all.
+    """
+    from dropinf.core import cross_entropy_per_sample
+    from dropinf.engine import CheckpointInfo, EnsembleEngine
+    from dropinf.run import checkpoint_epoch, checkpoint_learning_rate
+
+    infos = [
+        CheckpointInfo(
+            name=checkpoint.path.name,
+            path=str(checkpoint.path.resolve()),
+            sha256=checkpoint.sha256,
+            epoch=checkpoint_epoch(checkpoint),
+            learning_rate=checkpoint_learning_rate(checkpoint),
+        )
+        for checkpoint in checkpoints
+    ]
+    provenance = {
+        **_provenance(checkpoints[-1], bundle),
+        "checkpoints": [info.path for info in infos],
     }
-    print(json.dumps({"run_dir": str(args.out), **summary}, indent=2))
+    engine = EnsembleEngine(
+        [checkpoint.model for checkpoint in checkpoints],
+        cross_entropy_per_sample,
+        request.compression,
+        request.curvature,
+        run_dir=args.out,
+        device=request.device,
+        overwrite=args.overwrite,
+        provenance=provenance,
+        checkpoints=infos,
+        combination=args.combination,
+        show_progress=True,
+    )
+    test = None if args.no_test_scores else bundle.test
+    return engine.fit(bundle.train, request.batch_size, test, data_fingerprint=bundle.fingerprint)
 
 
 def add_map_arguments(parser: argparse.ArgumentParser) -> None:

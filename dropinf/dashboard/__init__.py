@@ -3,10 +3,12 @@
 Figure builders (``figures``: histogram, detection curves, before / after; ``map_figure``: the
 gradient map scatter and its selections), ``tables`` (data frames the pages show), ``captions``
 (escaped HTML), ``images`` (thumbnails), ``humanize`` (sizes and durations), ``style`` (colours,
-escaped plotly text) and ``gradient_map`` (the UMAP of a run's stored gradients, run as a
-background job). Never imports streamlit; plotly is imported here only, and umap only inside the
-background job. May import every layer below it (review, engine, run, models, data, metrics,
-core); ``import dropinf`` does not import this package.
+escaped plotly text), ``review_text`` (the review pages' metric cells and sentences),
+``suggestions`` (the queue's suggested labels from influence rows) and ``gradient_map`` (the UMAP
+of a run's stored gradients, run as a background job). Never imports streamlit; plotly is
+imported here only, and umap only inside the background job. May import every layer below it
+(review, engine, run, models, data, metrics, core); ``import dropinf`` does not import this
+package.
 """
 
 from __future__ import annotations
@@ -45,7 +47,15 @@ from dropinf.dashboard.images import (
 )
 from dropinf.dashboard.map_figure import gradient_map_figure, selected_ids
 from dropinf.dashboard.review_figures import clicked_confusion, flip_matrix_figure
+from dropinf.dashboard.review_text import (
+    auc_gap_sentence,
+    comparison_cells,
+    retrain_cells,
+    run_name,
+    score_aucs,
+)
 from dropinf.dashboard.style import OPPONENT_COLOR, PROPONENT_COLOR, REVIEW_STATUS_COLORS
+from dropinf.dashboard.suggestions import SUGGESTED_ROWS, influence_rows, top_indices
 from dropinf.dashboard.tables import (
     class_balance,
     detection_table,
@@ -66,10 +76,13 @@ __all__ = [
     "PROJECTED_DIM",
     "PROPONENT_COLOR",
     "REVIEW_STATUS_COLORS",
+    "SUGGESTED_ROWS",
     "Finds",
+    "auc_gap_sentence",
     "before_after_figure",
     "class_balance",
     "clicked_confusion",
+    "comparison_cells",
     "compute_gradient_map",
     "detection_curve",
     "detection_curve_figure",
@@ -84,17 +97,22 @@ __all__ = [
     "human_seconds",
     "influence_highlights",
     "influence_histogram",
+    "influence_rows",
     "influence_sections",
     "layer_table",
     "load_gradient_map",
     "module_path",
     "reduced_gradients",
+    "retrain_cells",
+    "run_name",
     "runs_table",
+    "score_aucs",
     "selected_ids",
     "sidebar_card_html",
     "test_caption_html",
     "thumbnail_data_uri",
     "thumbnail_png",
+    "top_indices",
     "top_influences",
     "train_caption_html",
     "upscale_nearest",

@@ -6,18 +6,28 @@ writes ``RUN_DIR/decisions.json`` (atomic writes, a lock, the undo history); ``e
 and JSON (decisions, the ranked suspects); ``grid`` is the review grid, its filters and the flip
 matrix counts; ``cleaned`` writes a cleaned dataset (.npz, relabel manifest, folder copy);
 ``retrain`` names the job verifying the fixes and reads its report; ``run_review`` holds
-``RunReview``, the object pages and the CLI review a run through. May import ``dropinf.run``,
+``RunReview``, the object pages and the CLI review a run through; ``suggest`` proposes a label
+from an example's influence neighbourhood; ``card`` picks what the review card offers;
+``compare`` measures how far two runs of the same data agree. May import ``dropinf.run``,
 ``dropinf.models``, ``dropinf.data``, ``dropinf.metrics``, ``dropinf.core``, ``dropinf.errors`` and
 ``dropinf.paths``; never the engine, the dashboard, the CLI or streamlit.
 """
 
 from __future__ import annotations
 
+from dropinf.review.card import card_choices, item_caption, item_name
 from dropinf.review.cleaned import (
     cleaned_bundle,
     cleaned_npz_bytes,
     copy_cleaned_folder,
     relabel_manifest,
+)
+from dropinf.review.compare import (
+    RunComparison,
+    check_comparable,
+    compare_runs,
+    proponent_overlap,
+    suspect_ranks,
 )
 from dropinf.review.decisions import (
     UNDECIDED,
@@ -58,18 +68,24 @@ from dropinf.review.retrain import (
     retrain_report_path,
 )
 from dropinf.review.run_review import RunReview
+from dropinf.review.suggest import NEIGHBOURS, suggest_labels
 
 __all__ = [
+    "NEIGHBOURS",
     "PRIMARY_SCORE",
     "RETRAIN_JOB",
     "UNDECIDED",
     "Decision",
     "DecisionBatch",
     "QueueFilter",
+    "RunComparison",
     "RunReview",
+    "card_choices",
+    "check_comparable",
     "class_suspect_counts",
     "cleaned_bundle",
     "cleaned_npz_bytes",
+    "compare_runs",
     "copy_cleaned_folder",
     "decide",
     "decided_flips",
@@ -79,6 +95,8 @@ __all__ = [
     "filter_queue",
     "fixes_from_decisions",
     "flip_counts",
+    "item_caption",
+    "item_name",
     "leave_one_out_loss",
     "load_decisions",
     "load_flags",
@@ -87,14 +105,17 @@ __all__ = [
     "parse_decisions",
     "parse_flags",
     "parse_history",
+    "proponent_overlap",
     "record_decisions",
     "relabel_manifest",
     "retrain_report_path",
     "review_queue",
     "review_status",
     "save_decisions",
+    "suggest_labels",
     "suggested_label",
     "suspect_mask",
+    "suspect_ranks",
     "suspects_csv",
     "suspicion",
     "undo_decisions",

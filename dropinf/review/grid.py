@@ -1,14 +1,14 @@
 """The review grid: the queue with its suggestions, filters over it, and the flip matrix.
 
-The grid's ``suggested_label`` is what the queue proposes without a query: the model's
-prediction (``ranking.suggested_label`` with no proponents); the card refines it with the item's
-proponents when the model agrees with the given label. ``flip_counts`` counts given → suggested
-over the top of the queue, so the analyst sees *which* confusions the suspects are.
+The grid's ``suggested_label`` is the label ``suggest.suggest_labels`` proposes from each
+example's influence neighbourhood where it was computed (the top of the queue), else the
+model's prediction. ``flip_counts`` counts given → suggested over the top of the queue, so the
+analyst sees *which* confusions the suspects are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +35,10 @@ class QueueFilter:
 
 
 def grid_table(
-    queue: pd.DataFrame, ids: Sequence[str] | None = None, class_names: Sequence[str] | None = None
+    queue: pd.DataFrame,
+    ids: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    suggestions: Mapping[int, int] | None = None,
 ) -> pd.DataFrame:
     """The queue with ``suggested_label`` (and class), ``decision`` and, with ids, ``path``.
 
@@ -43,12 +46,18 @@ def grid_table(
         queue: A table of ``review_queue`` (its order is kept).
         ids: One name per training example (``DatasetBundle.train_ids``); None leaves ``path`` out.
         class_names: Names of the classes; adds ``suggested_class``.
+        suggestions: Training index -> suggested label (``suggest.suggest_labels``); an
+            example without one is suggested its prediction.
 
     Returns:
         A copy of ``queue`` with the added columns.
     """
     table = queue.copy()
-    table["suggested_label"] = table["predicted_label"].astype(np.int64)
+    predicted = table["predicted_label"].astype(np.int64)
+    table["suggested_label"] = [
+        int(suggestions.get(int(index), label)) if suggestions else int(label)
+        for index, label in zip(table["train_index"], predicted, strict=True)
+    ]
     if class_names is not None:
         table["suggested_class"] = [class_names[label] for label in table["suggested_label"]]
     table["decision"] = [

@@ -4,11 +4,14 @@ It holds a complete run's store and the dataset's class names, reads the run's m
 self-influence once, and reads decisions and flags from ``decisions.json`` on every call (another
 session may have changed them). Deciding and undoing go through the history in that file, so
 every decision is reversible in order, across reruns and sessions.
+
+A run over several checkpoints (``dropinf.run.ensemble``) is reviewed by its combined scores: the
+queue ranks by the ensemble's leave-one-out estimate, and ``self_influence`` is the combined one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -26,8 +29,14 @@ from dropinf.review.decisions_file import (
     update_flags,
 )
 from dropinf.review.grid import QueueFilter, filter_queue, flip_counts, grid_table
-from dropinf.review.ranking import PRIMARY_SCORE, mislabel_scores, review_queue, suspect_mask
-from dropinf.run import RunStore
+from dropinf.review.ranking import (
+    PRIMARY_SCORE,
+    mislabel_scores,
+    review_queue,
+    suspect_mask,
+    suspicion,
+)
+from dropinf.run import EnsembleStore, RunStore, ensemble_section
 
 
 class RunReview:
@@ -62,9 +71,37 @@ class RunReview:
         """(n_train,) self-influence of every training example (read once)."""
         return self.store.self_influence()
 
+    @cached_property
+    def ensemble(self) -> dict[str, np.ndarray] | None:
+        """Combined and per-checkpoint scores of a run over several checkpoints; None otherwise.
+
+        The arrays of ``dropinf.run.ENSEMBLE_ARRAYS`` (read once): e.g.
+        ``checkpoint_self_influence`` (C, n_train) shows when in training each example was
+        learned.
+        """
+        if ensemble_section(self.store.manifest_or_none()) is None:
+            return None
+        return EnsembleStore(self.store).load_scores()
+
     def scores(self) -> dict[str, np.ndarray]:
-        """The mislabel scores by display name, ``PRIMARY_SCORE`` (the queue's order) first."""
-        return mislabel_scores(self.self_influence, self.metadata["loss"])
+        """The mislabel scores by display name, ``PRIMARY_SCORE`` (the queue's order) first.
+
+        An ensemble run adds the final checkpoint's own mislabel score, for comparison.
+        """
+        scores = mislabel_scores(self.self_influence, self.metadata["loss"])
+        if self.ensemble is None:
+            return scores
+        final = self.ensemble["checkpoint_self_influence"][-1]
+        return {
+            **scores,
+            PRIMARY_SCORE: self._ranking(),
+            "final checkpoint alone": suspicion(final, self.metadata["loss"]),
+        }
+
+    def _ranking(self) -> np.ndarray:
+        """(n_train,) the ensemble's combined score the queue ranks by (ensemble runs only)."""
+        section = ensemble_section(self.store.manifest_or_none()) or {}
+        return self.ensemble[section.get("ranking", "leave_one_out_loss")]
 
     def primary_score(self) -> np.ndarray:
         """(n_train,) the score the queue ranks by; higher = review first."""
@@ -85,17 +122,26 @@ class RunReview:
             The table of ``review_queue``.
         """
         meta = self.metadata
-        return review_queue(
-            self.self_influence, meta["loss"], meta["label"], meta["prediction"],
-            self.decisions(), class_names=self.class_names, include_decided=include_decided,
+        if self.ensemble is None:
+            return review_queue(
+                self.self_influence, meta["loss"], meta["label"], meta["prediction"],
+                self.decisions(), class_names=self.class_names, include_decided=include_decided,
+                flags=self.flags(),
+            )  # fmt: skip
+        table = review_queue(
+            self._ranking(), meta["loss"], meta["label"], meta["prediction"], self.decisions(),
+            kind="self_influence", class_names=self.class_names, include_decided=include_decided,
             flags=self.flags(),
         )  # fmt: skip
+        table["self_influence"] = np.asarray(self.self_influence)[table["train_index"]]
+        return table
 
     def grid(
         self,
         ids: Sequence[str] | None = None,
         queue_filter: QueueFilter | None = None,
         include_decided: bool = False,
+        suggestions: Mapping[int, int] | None = None,
     ) -> pd.DataFrame:
         """The queue as the review grid (``grid_table``), filtered, in queue order.
 
@@ -103,18 +149,26 @@ class RunReview:
             ids: One name per training example; adds the ``path`` column.
             queue_filter: Which rows to keep; None keeps all.
             include_decided: Keep examples that already have a decision.
+            suggestions: Training index -> suggested label; None suggests the predictions.
         """
-        table = grid_table(self.queue(include_decided), ids, self.class_names)
+        queue = self.queue(include_decided)
+        table = grid_table(queue, ids, self.class_names, suggestions)
         return filter_queue(table, queue_filter or QueueFilter())
 
-    def flip_counts(self, num_classes: int, top_k: int | None = None) -> np.ndarray:
+    def flip_counts(
+        self,
+        num_classes: int,
+        top_k: int | None = None,
+        suggestions: Mapping[int, int] | None = None,
+    ) -> np.ndarray:
         """(C, C) given → suggested counts over the top ``top_k`` of the queue, decided included.
 
         Args:
             num_classes: C.
             top_k: Queue rows counted; None counts all.
+            suggestions: Training index -> suggested label; None suggests the predictions.
         """
-        table = grid_table(self.queue(include_decided=True))
+        table = grid_table(self.queue(include_decided=True), suggestions=suggestions)
         return flip_counts(table["given_label"], table["suggested_label"], num_classes, top_k)
 
     def decisions(self) -> dict[int, Decision]:

@@ -4,12 +4,26 @@
 ``files``, gradient shards through ``shards``, compressors through ``compressors``, one writer at
 a time); ``manifest`` owns the manifest's schema, the signature a run is reused by and the shard
 size; ``keys`` names runs by content and lists them; ``jobs`` runs background processes;
-``estimate`` says what a run will cost. May import ``dropinf.core``, ``dropinf.data`` and
-``dropinf.models``; never the engine, review, the dashboard or the CLI.
+``estimate`` says what a run will cost; ``ensemble`` lays out runs over several checkpoints
+(one run per checkpoint, the combined scores at the top level) and checks their checkpoints.
+May import ``dropinf.core``, ``dropinf.data`` and ``dropinf.models``; never the engine, review,
+the dashboard or the CLI.
 """
 
 from __future__ import annotations
 
+from dropinf.run.ensemble import (
+    CHECKPOINTS_JOB,
+    ENSEMBLE_ARRAYS,
+    EnsembleStore,
+    check_one_model_family,
+    checkpoint_epoch,
+    checkpoint_files,
+    checkpoint_learning_rate,
+    ensemble_section,
+    in_epoch_order,
+    sub_run_name,
+)
 from dropinf.run.estimate import (
     KRONECKER_KINDS,
     RunEstimate,
@@ -45,12 +59,15 @@ from dropinf.run.shards import GradientWriter
 from dropinf.run.store import DECISIONS_FILE, MAP_FILE, RETRAIN_REPORT_FILE, RunStore
 
 __all__ = [
+    "CHECKPOINTS_JOB",
     "DECISIONS_FILE",
+    "ENSEMBLE_ARRAYS",
     "FORMAT_VERSION",
     "KRONECKER_KINDS",
     "MAP_FILE",
     "RETRAIN_REPORT_FILE",
     "SIGNATURE_FIELDS",
+    "EnsembleStore",
     "GradientWriter",
     "JobRunner",
     "JobStatus",
@@ -61,10 +78,16 @@ __all__ = [
     "SyncJobRunner",
     "atomic_write_json",
     "check_format",
+    "check_one_model_family",
     "check_resources",
+    "checkpoint_epoch",
+    "checkpoint_files",
+    "checkpoint_learning_rate",
     "dtype_name",
+    "ensemble_section",
     "estimate_run",
     "exclusive_lock",
+    "in_epoch_order",
     "is_dropinf_manifest",
     "job_dir",
     "job_log_path",
@@ -80,4 +103,5 @@ __all__ = [
     "run_key",
     "signature_differences",
     "size_text",
+    "sub_run_name",
 ]

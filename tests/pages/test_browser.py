@@ -235,7 +235,7 @@ def box_select(page: object, plot: object) -> None:
 HOSTILE_CLASSES = ["<img src=x onerror=1>", "<b>bold"]
 HOSTILE_DATA = "<u>set"
 RUN_KEY = "hostile-run"
-ROUTER_PAGES = ["Load", "Compute", "Explore", "Gradient map", "Label issues"]
+ROUTER_PAGES = ["Load", "Compute", "Explore", "Gradient map", "Label issues", "Compare runs"]
 
 
 def write_hostile_images(root: Path) -> None:

@@ -19,17 +19,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("label-issues-home")
-    patcher = pytest.MonkeyPatch()
-    patcher.setenv("DROPINF_HOME", str(home))
-    patcher.setenv("DROPINF_SYNC_JOBS", "1")
-    patcher.delenv("DROPINF_DATA_ROOT", raising=False)
-    yield home
-    patcher.undo()
-
-
-@pytest.fixture(scope="module")
 def run_key(home: Path) -> str:
     at = new_app()
     at.button(key="load_demo").click().run()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,19 +22,9 @@ PAGES = [
     "pages/explore.py",
     "pages/gradient_map.py",
     "pages/label_issues.py",
+    "pages/compare.py",
 ]
 SLOW = 600
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("dropinf-home")
-    patcher = pytest.MonkeyPatch()
-    patcher.setenv("DROPINF_HOME", str(home))
-    patcher.setenv("DROPINF_SYNC_JOBS", "1")
-    patcher.delenv("DROPINF_DATA_ROOT", raising=False)
-    yield home
-    patcher.undo()
 
 
 def new_app(query: dict[str, str] | None = None) -> AppTest:

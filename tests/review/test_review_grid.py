@@ -84,3 +84,19 @@ def test_suspects_csv_keeps_the_queue_order(run_review: RunReview) -> None:
         "predicted_class", "suggested_label", "suggested_class", "score",
     ]  # fmt: skip
     assert table["suggested_label"].tolist() == PREDICTIONS[table["train_index"]].tolist()
+
+
+def test_suggestions_replace_the_prediction_in_the_grid_and_the_flip_matrix(
+    run_review: RunReview,
+) -> None:
+    suggestions = {0: 2, 4: 0}  # train #0 (given 0) → two; train #4 (given 1) → zero
+    grid = run_review.grid(include_decided=True, suggestions=suggestions).set_index("train_index")
+    assert grid.loc[0, "suggested_label"] == 2 and grid.loc[0, "suggested_class"] == "two"
+    assert grid.loc[4, "suggested_label"] == 0
+    others = grid.drop(index=[0, 4])
+    assert (others["suggested_label"] == others["predicted_label"]).all(), "the rest: predicted"
+    counts = run_review.flip_counts(3, suggestions=suggestions)
+    assert counts[0, 2] == 1 and counts[1, 0] == 1
+    np.testing.assert_array_equal(counts.sum(axis=1), np.bincount(LABELS))
+    shown = run_review.grid(queue_filter=QueueFilter(suggested=[2]), suggestions=suggestions)
+    assert 0 in shown["train_index"].tolist()
