@@ -16,9 +16,17 @@ it. The data fingerprint is passed in, as the CLI passes its loaded bundle's, so
 hashing pass over the data. Then one new example is queried against the stored N (median of
 ``QUERY_REPEATS`` after one warm-up).
 
+``--nproc 1 2`` measures each (model, N) once per process count, side by side: a count P > 1
+runs the child under ``torch.distributed.run --standalone --nproc-per-node P`` (gloo on CPU,
+NCCL on GPUs; torchrun gives each process one thread unless ``--threads`` says otherwise), every
+process fitting its share of the one run; rank 0 reports the phases (which end together) and
+the query. The plain epoch is measured by the single-process child only; a second table gives
+each phase's speed-up over one process.
+
     .venv/bin/python bench/scale.py                                   # 10k 25k 50k, both models
     .venv/bin/python bench/scale.py --sizes 2000 5000 --models small_cnn
     .venv/bin/python bench/scale.py --device cuda --out-json scale.json
+    .venv/bin/python bench/scale.py --sizes 5000 --models small_cnn --nproc 1 2
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dropinf import CompressionConfig, CurvatureConfig, InfluenceEngine
 from dropinf.core import cross_entropy_per_sample
+from dropinf.engine.distributed import Team, torchrun_process_group
 from dropinf.errors import ConfigError
 from dropinf.models import build_model
 
@@ -105,14 +114,15 @@ class Row:
     compression: dict[str, Any]
     phases: dict[str, float]
     fit_s: float
-    epoch_s: float
-    fit_per_epoch: float
+    epoch_s: float | None
+    fit_per_epoch: float | None
     peak_rss_gb: float
-    epoch_peak_rss_gb: float
+    epoch_peak_rss_gb: float | None
     peak_rss_is_fit_only: bool
     peak_gpu_gb: float | None
     run_dir_bytes: int
     query_s: float
+    processes: int = 1  # torch.distributed world size; epoch fields are None when > 1
     peak_rss_ratio: float | None = None  # to the smallest N of the same model, set by the parent
 
 
@@ -205,16 +215,24 @@ def fit_and_measure(engine: InfluenceEngine, dataset: RandomImages, batch_size: 
     return time.perf_counter() - started
 
 
-def measure_one(args: argparse.Namespace, run_dir: Path) -> Row:
-    """Time one epoch, then fit, query and measure one (model, N) in this process."""
+def measure_one(args: argparse.Namespace, run_dir: Path) -> Row | None:
+    """Time one epoch, then fit, query and measure one (model, N) in this process.
+
+    Under torchrun every process trains the same epoch (the fitted model is the trained one)
+    but its time is not reported, every process fits its share, and only rank 0 queries and
+    returns the row (the others return None).
+    """
     (model_name,), (n,) = args.models, args.sizes
+    team = Team.current()
     device = torch.device(args.device)
     torch.manual_seed(0)
     dataset = RandomImages(n, DATA_SEED)
     model = build_model(model_name, **ARCH_ARGS[model_name]).to(device)
-    epoch_s = plain_training_epoch(model, dataset, args.batch_size, device)
+    epoch_s = plain_training_epoch(model, dataset, args.batch_size, device)  # also the weights
     gc.collect()
     epoch_peak = peak_rss_gb()
+    if team.distributed:  # every process trained at once: not the plain epoch's cost
+        epoch_s, epoch_peak = None, None
     fit_only = reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -224,6 +242,8 @@ def measure_one(args: argparse.Namespace, run_dir: Path) -> Row:
     )
     fit_s = fit_and_measure(engine, dataset, args.batch_size)
     fit_peak = peak_rss_gb()
+    if not team.leader:
+        return None
     gpu_peak = torch.cuda.max_memory_allocated(device) / GB if device.type == "cuda" else None
     manifest = engine.store.read_manifest()
     return Row(
@@ -239,13 +259,14 @@ def measure_one(args: argparse.Namespace, run_dir: Path) -> Row:
         phases=manifest["timings"],
         fit_s=fit_s,
         epoch_s=epoch_s,
-        fit_per_epoch=fit_s / epoch_s,
+        fit_per_epoch=None if epoch_s is None else fit_s / epoch_s,
         peak_rss_gb=fit_peak,
         epoch_peak_rss_gb=epoch_peak,
         peak_rss_is_fit_only=fit_only,
         peak_gpu_gb=gpu_peak,
         run_dir_bytes=directory_bytes(run_dir),
         query_s=timed_query(engine, device),
+        processes=team.size,
     )
 
 
@@ -253,8 +274,10 @@ def run_child(args: argparse.Namespace) -> None:
     """``--one``: measure the single configuration and write its row as JSON."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    row = measure_one(args, Path(args.work_dir))
-    Path(args.row_json).write_text(json.dumps(dataclasses.asdict(row)))
+    with torchrun_process_group():
+        row = measure_one(args, Path(args.work_dir))
+    if row is not None:
+        Path(args.row_json).write_text(json.dumps(dataclasses.asdict(row)))
 
 
 # ------------------------------------------------------------------ parent: every configuration
@@ -264,10 +287,14 @@ def given_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def child_command(
-    args: argparse.Namespace, model: str, n: int, run_dir: Path, row: Path
+    args: argparse.Namespace, model: str, n: int, run_dir: Path, row: Path, processes: int = 1
 ) -> list[str]:
-    """The command line of the child process that measures (model, n)."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--one", "--models", model,
+    """The command line of the child process (torchrun's, for several) that measures (model, n)."""
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                     str(processes)]  # fmt: skip
+    command = [*launcher, str(Path(__file__).resolve()), "--one", "--models", model,
                "--sizes", str(n), "--batch-size", str(args.batch_size), "--device", args.device,
                "--work-dir", str(run_dir), "--row-json", str(row)]  # fmt: skip
     if args.threads:
@@ -282,25 +309,47 @@ def measure_all(args: argparse.Namespace, work_dir: Path, keep_runs: bool) -> tu
     rows, failures = [], []
     for model in args.models:
         for n in args.sizes:
-            run_dir = Path(tempfile.mkdtemp(prefix=f"{model}-n{n}-", dir=work_dir))
-            row_file = run_dir.with_suffix(".row.json")
-            print(f"measuring {model} n={n} ...", file=sys.stderr, flush=True)
-            done = subprocess.run(child_command(args, model, n, run_dir, row_file), check=False)
-            if done.returncode == 0:
-                rows.append(json.loads(row_file.read_text()))
-            else:
-                failures.append({"model": model, "n": n, "returncode": done.returncode})
-            row_file.unlink(missing_ok=True)
-            if not keep_runs:
-                shutil.rmtree(run_dir)
+            for processes in args.nproc:
+                row, failure = measure_in_child(args, work_dir, keep_runs, model, n, processes)
+                rows += [row] if row else []
+                failures += [failure] if failure else []
     add_rss_ratios(rows)
     return rows, failures
 
 
+def measure_in_child(
+    args: argparse.Namespace,
+    work_dir: Path,
+    keep_runs: bool,
+    model: str,
+    n: int,
+    processes: int,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Measure (model, n) with ``processes`` processes in a child: (row, None) or (None, why)."""
+    suffix = "" if processes == 1 else f"-p{processes}"
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{model}-n{n}{suffix}-", dir=work_dir))
+    row_file = run_dir.with_suffix(".row.json")
+    print(f"measuring {model} n={n} processes={processes} ...", file=sys.stderr, flush=True)
+    command = child_command(args, model, n, run_dir, row_file, processes)
+    done = subprocess.run(command, check=False)
+    row = json.loads(row_file.read_text()) if done.returncode == 0 else None
+    failure = None
+    if row is None:
+        failure = {"model": model, "n": n, "processes": processes, "returncode": done.returncode}
+    row_file.unlink(missing_ok=True)
+    if not keep_runs:
+        shutil.rmtree(run_dir)
+    return row, failure
+
+
 def add_rss_ratios(rows: list[dict[str, Any]]) -> None:
-    """Set each row's peak RSS relative to the smallest N measured for its model."""
+    """Set each row's peak RSS relative to the smallest N measured for its model (and P)."""
     for row in rows:
-        same_model = [other for other in rows if other["model"] == row["model"]]
+        same_model = [
+            other
+            for other in rows
+            if other["model"] == row["model"] and other["processes"] == row["processes"]
+        ]
         smallest = min(same_model, key=lambda other: other["n"])
         row["peak_rss_ratio"] = row["peak_rss_gb"] / smallest["peak_rss_gb"]
 
@@ -320,23 +369,57 @@ def size_text(size: int) -> str:
     return f"{size / GB:.2f} GB" if size >= GB else f"{size / 1024**2:.1f} MB"
 
 
+def optional(value: float | None, unit: str = "", digits: int = 1) -> str:
+    """A number for the table, or — when it was not measured (several processes)."""
+    return "—" if value is None else f"{value:.{digits}f}{unit}"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a markdown table for bench/RESULTS.md."""
     lines = [
-        "| model | N | k | curvature (λ) | calibration | gradients | curvature | self-infl. "
-        "| whole fit | plain epoch | fit ÷ epoch | peak RSS | ÷ smallest N | run dir | query |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | N | processes | k | curvature (λ) | calibration | gradients | curvature "
+        "| self-infl. | whole fit | plain epoch | fit ÷ epoch | peak RSS | ÷ smallest N | run dir "
+        "| query |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         phases = row["phases"]
         lines.append(
-            f"| {row['model']} | {row['n']} | {row['k']} | {row['curvature_kind']} "
-            f"({damping(row['damping'])}) | {' | '.join(seconds(phases, p) for p in PHASES)} "
-            f"| {row['fit_s']:.1f} s | {row['epoch_s']:.1f} s | {row['fit_per_epoch']:.2f} "
+            f"| {row['model']} | {row['n']} | {row['processes']} | {row['k']} "
+            f"| {row['curvature_kind']} ({damping(row['damping'])}) "
+            f"| {' | '.join(seconds(phases, p) for p in PHASES)} | {row['fit_s']:.1f} s "
+            f"| {optional(row['epoch_s'], ' s')} | {optional(row['fit_per_epoch'], '', 2)} "
             f"| {row['peak_rss_gb']:.2f} GB | {row['peak_rss_ratio']:.2f} "
             f"| {size_text(row['run_dir_bytes'])} | {row['query_s']:.3f} s |"
         )
     return "\n".join(lines)
+
+
+def speedup_table(rows: list[dict[str, Any]]) -> str:
+    """Each phase's (and the fit's) seconds with one process ÷ with P, for every P > 1 row."""
+    lines = [
+        f"| model | N | processes | {' | '.join(PHASES)} | whole fit |",
+        "|---|---|---|" + "---|" * (len(PHASES) + 1),
+    ]
+    for row in rows:
+        single = [
+            other
+            for other in rows
+            if (other["model"], other["n"], other["processes"]) == (row["model"], row["n"], 1)
+        ]
+        if row["processes"] == 1 or not single:
+            continue
+        ratios = [ratio(single[0]["phases"].get(p), row["phases"].get(p)) for p in PHASES]
+        lines.append(
+            f"| {row['model']} | {row['n']} | {row['processes']} | {' | '.join(ratios)} "
+            f"| {ratio(single[0]['fit_s'], row['fit_s'])} |"
+        )
+    return "\n".join(lines)
+
+
+def ratio(one: float | None, several: float | None) -> str:
+    """``one ÷ several`` as ``1.84×``, or — when a phase was not recorded."""
+    return "—" if not one or not several else f"{one / several:.2f}×"
 
 
 def command_line() -> str:
@@ -358,11 +441,15 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], failures: list)
         f"N, median of {QUERY_REPEATS}.\n"
     )
     print(markdown_table(rows))
+    if any(row["processes"] > 1 for row in rows):
+        print("\nSpeed-up over one process (seconds with 1 ÷ seconds with P):\n")
+        print(speedup_table(rows))
     for row in rows:
         print(f"peak RSS {row['model']} n={row['n']}: {row['peak_rss_ratio']:.2f}x smallest N"
               f"{'' if row['peak_rss_is_fit_only'] else ' (includes the epoch peak)'}")  # fmt: skip
     for failure in failures:
-        print(f"FAILED {failure['model']} n={failure['n']}: exit {failure['returncode']}")
+        print(f"FAILED {failure['model']} n={failure['n']} processes={failure['processes']}: "
+              f"exit {failure['returncode']}")  # fmt: skip
     print(f"\n`{command_line()}`")
 
 
@@ -387,6 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=256)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads")
+    parser.add_argument(
+        "--nproc",
+        type=positive_int,
+        nargs="+",
+        default=[1],
+        help="process counts to measure side by side (P > 1: under torchrun)",
+    )
     parser.add_argument("--out-json", type=Path, help="write every row here")
     parser.add_argument("--work-dir", type=Path, help="keep the run directories here")
     suppress = argparse.SUPPRESS

@@ -1,7 +1,15 @@
-"""Entry point of ``python -m dropinf``."""
+"""Entry point of ``python -m dropinf``, also as ``torchrun ... -m dropinf compute ...``.
+
+Under torchrun (its ``RANK``, ``WORLD_SIZE`` and rendezvous variables set) the default process
+group is initialised first (gloo on CPU, NCCL for GPUs) and destroyed at exit, and only rank 0
+prints the command's output; ``compute`` then writes one run with every process.
+"""
 
 import sys
 
 from dropinf.cli import main
+from dropinf.engine.distributed import torchrun_process_group
 
-sys.exit(main())
+with torchrun_process_group():
+    status = main()
+sys.exit(status)

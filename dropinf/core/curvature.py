@@ -17,7 +17,7 @@ Each block is factored the cheaper exact way:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,7 @@ from dropinf.core.config import CurvatureConfig
 from dropinf.core.kfac import (
     DiagonalBlock,
     KroneckerBlock,
+    Reduce,
     fit_kronecker,
     kronecker_flops,
     shard_chunks,
@@ -134,19 +135,42 @@ class Curvature:
             (N,) float64 self-influence.
         """
         if self.kind == "identity":
-            return torch.cat([chunk.double().pow(2).sum(1).cpu() for _, chunk in chunks])
+            return self.whitened_self_influence(chunks)
+        known = self.known_self_influence()
+        if not self.reads_rows:
+            return known
+        return known + self.whitened_self_influence(chunks)
+
+    @property
+    def reads_rows(self) -> bool:
+        """True when some block's self-influence needs the training rows (``whitened_…``)."""
+        return self.kind == "identity" or bool(self._whitened_blocks())
+
+    def known_self_influence(self) -> torch.Tensor:
+        """The (N,) float64 self-influence the low-rank blocks know (0-dim zero if none do)."""
         known = [b for b in self.blocks if getattr(b, "training_self_influence", None) is not None]
-        total = sum((b.training_self_influence.double().cpu() for b in known), torch.zeros(()))
-        others = [block for block in self.blocks if block not in known]
-        if not others:
-            return total
+        return sum((b.training_self_influence.double().cpu() for b in known), torch.zeros(()))
+
+    def whitened_self_influence(self, chunks: Iterable[tuple[int, torch.Tensor]]) -> torch.Tensor:
+        """The self-influence of ``chunks``'s rows in the blocks that do not know it, (rows,).
+
+        Rows are independent: several processes may each pass their own slice of the rows.
+        """
+        if self.kind == "identity":
+            parts = [chunk.double().pow(2).sum(1).cpu() for _, chunk in chunks]
+            return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+        others = self._whitened_blocks()
         parts = []
         for _, chunk in chunks:
             part = torch.zeros(chunk.shape[0], dtype=torch.float64, device=chunk.device)
             for block in others:
                 part += block.whiten(chunk[:, block.start : block.stop]).double().pow(2).sum(1)
             parts.append(part.cpu())
-        return total + torch.cat(parts)
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+    def _whitened_blocks(self) -> list[Block]:
+        """The blocks without a known training self-influence."""
+        return [b for b in self.blocks if getattr(b, "training_self_influence", None) is None]
 
     def _per_block(self, gradients: torch.Tensor, operation: str) -> torch.Tensor:
         if self.kind == "identity":
@@ -270,10 +294,15 @@ def gather_statistics(
     n_rows: int,
     device: torch.device,
     dtype: torch.dtype = torch.float64,
+    reduce: Reduce | None = None,
+    every_shard: Callable[[], Iterable[np.ndarray]] | None = None,
 ) -> list[BlockStatistics]:
     """One streaming pass over the shards, in chunks, collecting every block's statistics.
 
     ``dtype`` is the accumulation precision (the engine's); factorisations run in float64.
+    With ``reduce`` (several processes, each passing its own ``shards``), the ``Σ g gᵀ`` sums
+    are summed across the processes, and low-rank blocks, which need every row, read
+    ``every_shard()``.
     """
     statistics = []
     for start, stop in ranges:
@@ -284,10 +313,29 @@ def gather_statistics(
             else torch.zeros(stop - start, stop - start, dtype=dtype, device=device)
         )
         statistics.append(BlockStatistics(start, stop, low_rank, sums, [] if low_rank else None))
+    if reduce is None:
+        accumulate(shards, statistics, device, dtype)
+        return statistics
+    summed = [block for block in statistics if not block.low_rank]
+    accumulate(shards, summed, device, dtype)
+    for block in summed:
+        reduce(block.sums)
+    low_rank_blocks = [block for block in statistics if block.low_rank]
+    if low_rank_blocks:
+        accumulate((every_shard or (lambda: shards))(), low_rank_blocks, device, dtype)
+    return statistics
+
+
+def accumulate(
+    shards: Iterable[np.ndarray],
+    statistics: list[BlockStatistics],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> None:
+    """Add every chunk of the shards to each block's statistics."""
     for chunk in shard_chunks(shards, device, dtype):  # (r, k)
         for block in statistics:
             block.add(chunk)
-    return statistics
 
 
 def default_damping(statistics: list[BlockStatistics], n_rows: int, ratio: float) -> float:
@@ -375,6 +423,8 @@ def fit_curvature(
     device: torch.device,
     dtype: torch.dtype = torch.float64,
     kronecker: KroneckerStats | None = None,
+    reduce: Reduce | None = None,
+    every_shard: Callable[[], Iterable[np.ndarray]] | None = None,
 ) -> Curvature:
     """Fit the damped Fisher of stored gradients.
 
@@ -386,9 +436,13 @@ def fit_curvature(
         device: Where to accumulate and factor.
         dtype: Accumulation precision of the statistics (factorisations run in float64).
         kronecker: The K-FAC factor sums of the same examples; required by ``kfac`` / ``ekfac``.
+        reduce: Several processes fit one curvature, each passing its own ``shards`` (and
+            the run-wide ``kronecker`` sums): ``reduce(t)`` sums a tensor across them in
+            place. None: ``shards`` are every row.
+        every_shard: With ``reduce``, every shard of the run (low-rank blocks need all rows).
 
     Returns:
-        The fitted curvature.
+        The fitted curvature (the same on every process).
 
     Raises:
         ConfigError: ``kfac`` / ``ekfac`` without ``kronecker`` statistics.
@@ -402,11 +456,13 @@ def fit_curvature(
                 f"expected K-FAC statistics from the gradient pass for curvature {kind!r}; "
                 f"found none"
             )
-        blocks = fit_kronecker(shards, layer_dims, n_rows, config, kind, kronecker, device, dtype)
+        blocks = fit_kronecker(
+            shards, layer_dims, n_rows, config, kind, kronecker, device, dtype, reduce
+        )
         damping = config.damping or float(np.mean([block.damping for block in blocks]))
         return Curvature(kind, blocks, damping)
     ranges = curvature_ranges(kind, layer_dims)
-    statistics = gather_statistics(shards, ranges, n_rows, device, dtype)
+    statistics = gather_statistics(shards, ranges, n_rows, device, dtype, reduce, every_shard)
     damping = config.damping
     if damping is None:
         damping = default_damping(statistics, n_rows, config.damping_ratio)

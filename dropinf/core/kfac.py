@@ -17,7 +17,7 @@ coordinate. λ per layer is ``damping_ratio`` times the layer's mean of E, unles
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +28,8 @@ from dropinf.core.kronecker import KroneckerStats
 from dropinf.errors import ConfigError
 
 CHUNK_ROWS = 4096
+# Sums a tensor in place across the processes fitting one curvature (each with its own rows).
+Reduce = Callable[[torch.Tensor], None]
 
 
 @dataclass
@@ -171,11 +173,13 @@ def second_moments(
     kronecker: list[KroneckerBlock],
     diagonal: list[DiagonalBlock],
     n_rows: int,
+    reduce: Reduce | None = None,
 ) -> None:
     """One pass over the stored rows: EK-FAC eigenvalues of ``kronecker``, ``diagonal``'s d.
 
     Sets each Kronecker block's ``eigenvalues`` to ``mean((Q_Δᵀ G Q_A)²)`` and each diagonal
-    block's ``diagonal`` to ``mean(g²)`` (in place; float64 sums).
+    block's ``diagonal`` to ``mean(g²)`` (in place; float64 sums). With ``reduce``, each
+    process passes its own rows and the sums are summed across processes before the mean.
     """
     sums = [torch.zeros_like(block.eigenvalues) for block in kronecker]
     for chunk in chunks:
@@ -183,6 +187,11 @@ def second_moments(
             total += block.rotate(chunk[:, block.start : block.stop]).double().pow(2).sum(0)
         for block in diagonal:
             block.diagonal += chunk[:, block.start : block.stop].double().pow(2).sum(0)
+    if reduce is not None:
+        for total in sums:
+            reduce(total)
+        for block in diagonal:
+            reduce(block.diagonal)
     for total, block in zip(sums, kronecker, strict=True):
         block.eigenvalues = total / max(n_rows, 1)
     for block in diagonal:
@@ -206,6 +215,7 @@ def fit_kronecker(
     stats: KroneckerStats,
     device: torch.device,
     dtype: torch.dtype = torch.float64,
+    reduce: Reduce | None = None,
 ) -> list[KroneckerBlock | DiagonalBlock]:
     """The ``kfac`` or ``ekfac`` blocks of a run, each with its own λ.
 
@@ -219,6 +229,8 @@ def fit_kronecker(
         stats: The K-FAC factor sums of the same training examples.
         device: Where to factor and accumulate.
         dtype: Precision of the chunks read from the shards.
+        reduce: Sums a tensor across processes that each pass their own ``shards`` (``stats``
+            being the run-wide sums already); None for one process.
 
     Returns:
         One Kronecker block per factored layer, then one diagonal block per flat layer.
@@ -230,7 +242,7 @@ def fit_kronecker(
     diagonal = diagonal_blocks(layer_dims, len(kronecker), device)
     if kind == "ekfac" or diagonal:
         chunks = shard_chunks(shards, device, dtype)
-        second_moments(chunks, kronecker if kind == "ekfac" else [], diagonal, n_rows)
+        second_moments(chunks, kronecker if kind == "ekfac" else [], diagonal, n_rows, reduce)
     for block in kronecker:
         block.damping = layer_damping(block.eigenvalues, config)
     for block in diagonal:

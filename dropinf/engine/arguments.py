@@ -1,4 +1,4 @@
-"""Checks of what a caller hands the engine: the device, the batch size and the datasets."""
+"""Checks of what a caller hands the engine: the device, the batch size, the datasets, the team."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numbers
 import torch
 from torch.utils.data import Dataset
 
+from dropinf.engine.distributed import Team
 from dropinf.errors import ConfigError, DatasetError
 
 DEVICE_TYPES = ("cpu", "cuda")
@@ -48,3 +49,17 @@ def check_fit_arguments(train: Dataset, batch_size: object, test: Dataset | None
     for role, dataset in (("training", train), ("test", test)):
         if dataset is not None and len(dataset) == 0:
             raise DatasetError(f"{role} set: expected at least one example, found 0")
+
+
+def check_team(team: Team, temporary_run_dir: bool) -> None:
+    """Refuse a fit by several processes that have no run directory to share.
+
+    Raises:
+        ConfigError: No ``run_dir`` was given (each process would write its own temporary
+            folder).
+    """
+    if team.distributed and temporary_run_dir:
+        raise ConfigError(
+            f"run_dir: expected a folder shared by the {team.size} processes of the job, "
+            "found None (each process would write its own temporary folder)"
+        )

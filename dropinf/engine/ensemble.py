@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from dropinf.core import CompressionConfig, CurvatureConfig, LossFn
 from dropinf.engine import phases
 from dropinf.engine.arguments import check_fit_arguments, resolve_device
+from dropinf.engine.distributed import Team, locked_run
 from dropinf.engine.facade import InfluenceEngine
 from dropinf.engine.fingerprint import dataset_fingerprint
 from dropinf.errors import (
@@ -263,14 +264,13 @@ class EnsembleEngine:
         check_fit_arguments(train_dataset, batch_size, test_dataset)
         fingerprint = data_fingerprint or dataset_fingerprint(train_dataset)
         test = None if test_dataset is None else (test_dataset, dataset_fingerprint(test_dataset))
-        self.store.check_location()
-        with self.store.writer_lock():
-            self.store.remove_temporaries()
+        team = Team.current()
+        with locked_run(self.store, team):
             signature = self.signature(len(train_dataset), fingerprint)
-            if self._open_top(signature, test):
-                self._fit_checkpoints(train_dataset, batch_size, test, fingerprint)
+            if team.from_leader(lambda: self._open_top(signature, test)):
+                self._fit_checkpoints(train_dataset, batch_size, test, fingerprint, team)
                 return self
-            self._run_locked(train_dataset, batch_size, test, fingerprint, signature)
+            self._run_locked(train_dataset, batch_size, test, fingerprint, signature, team)
         return self
 
     def signature(self, n_train: int, data_fingerprint: str) -> dict[str, Any]:
@@ -369,32 +369,48 @@ class EnsembleEngine:
         test: tuple[Dataset, str] | None,
         fingerprint: str,
         signature: dict[str, Any],
+        team: Team,
     ) -> None:
-        """Fit the checkpoints and publish the combined scores; the manifest says how it ended."""
-        self.store.update_manifest(status="running", error=None)
+        """Fit the checkpoints and publish the combined scores; the manifest says how it ended.
+
+        Under several processes every one fits each checkpoint's run together; the leader alone
+        writes the top level.
+        """
+        if team.leader:
+            self.store.update_manifest(status="running", error=None)
         try:
             started = time.perf_counter()
-            self._fit_checkpoints(train, batch_size, test, fingerprint)
-            self._publish(signature, test, time.perf_counter() - started)
+            self._fit_checkpoints(train, batch_size, test, fingerprint, team)
+            seconds = time.perf_counter() - started
+            team.from_leader(lambda: self._publish(signature, test, seconds))
         except KeyboardInterrupt:
-            self.store.update_manifest(status="cancelled")
+            if team.leader:
+                self.store.update_manifest(status="cancelled")
             raise
         except Exception as error:
-            self.store.update_manifest(status="failed", error=str(error))
+            if team.leader:
+                self.store.update_manifest(status="failed", error=str(error))
             raise
 
     def _fit_checkpoints(
-        self, train: Dataset, batch_size: int, test: tuple[Dataset, str] | None, fingerprint: str
+        self,
+        train: Dataset,
+        batch_size: int,
+        test: tuple[Dataset, str] | None,
+        fingerprint: str,
+        team: Team,
     ) -> None:
-        """Fit (or reopen) each checkpoint's run, reporting which one is in progress."""
+        """Fit (or reopen) each checkpoint's run; the leader reports which one is in progress."""
         count = len(self.engines)
         for index, (name, engine) in enumerate(zip(self.run_names, self.engines, strict=True)):
-            self.ensemble_store.write_checkpoint_progress(index, count, name)
-            if self.show_progress:
+            if team.leader:
+                self.ensemble_store.write_checkpoint_progress(index, count, name)
+                engine.progress = CheckpointProgress(engine.store, self.store, index, count, name)
+            if self.show_progress and team.leader:
                 print(f"checkpoint {index + 1}/{count}: {name}", file=sys.stderr)
-            engine.progress = CheckpointProgress(engine.store, self.store, index, count, name)
             engine.fit(train, batch_size, None if test is None else test[0], fingerprint)
-        self.ensemble_store.write_checkpoint_progress(count, count, "")
+        if team.leader:
+            self.ensemble_store.write_checkpoint_progress(count, count, "")
 
     def _publish(
         self, signature: dict[str, Any], test: tuple[Dataset, str] | None, seconds: float

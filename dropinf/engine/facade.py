@@ -3,8 +3,9 @@
 ``fit`` streams the training set once through the capture (compressed per-sample gradients into
 memmapped shards of the run directory), then fits the damped Fisher from the shards and stores the
 self-influence of every training example (the phases are in ``dropinf.engine.phases``). A killed
-``fit`` resumes from its last complete shard; one process writes a run at a time (the run
-directory's writer lock, see docs/reliability.md). Scores are ``I(z', z) = g(z')ᵀ (F + λI)⁻¹
+``fit`` resumes from its last complete shard; one process (or one torchrun job, whose processes
+each write their own shards: docs/scale.md) writes a run at a time (the run directory's writer
+lock, see docs/reliability.md). Scores are ``I(z', z) = g(z')ᵀ (F + λI)⁻¹
 g(z)``: positive = proponent.
 """
 
@@ -30,7 +31,8 @@ from dropinf.core import (
     discover_layers,
 )
 from dropinf.engine import phases
-from dropinf.engine.arguments import check_fit_arguments, resolve_device
+from dropinf.engine.arguments import check_fit_arguments, check_team, resolve_device
+from dropinf.engine.distributed import Team, locked_run
 from dropinf.engine.fingerprint import dataset_fingerprint
 from dropinf.engine.scoring import ShardReader, batch_metadata, influence_scores, score_array
 from dropinf.errors import IncompleteRunError
@@ -97,6 +99,7 @@ class InfluenceEngine:
         self.reader = ShardReader(self.store)
         self.capture: GradientCapture | None = None
         self.curvature: Curvature | None = None
+        self.team = Team.current()
 
     @property
     def model_dtype(self) -> torch.dtype:
@@ -115,6 +118,13 @@ class InfluenceEngine:
         Resumes an interrupted run in the same directory; a complete run is only loaded. The
         run directory's writer lock is held throughout: one writer per run.
 
+        Under an initialised ``torch.distributed`` process group (torchrun), every process
+        calls ``fit`` with the same arguments and the same ``run_dir`` on a shared filesystem:
+        each captures its own contiguous share of the shards, the curvature statistics are
+        all-reduced, rank 0 writes the run-wide files, and the run (and its scores, up to
+        float32 summation order) is the one a single process computes. Killed, the whole job
+        is restarted and each process resumes from its own first missing shard.
+
         Args:
             train_dataset: Yields ``(inputs, label)`` pairs, in a fixed order.
             batch_size: Examples per capture batch.
@@ -127,21 +137,23 @@ class InfluenceEngine:
             self.
 
         Raises:
-            ConfigError: ``batch_size`` is not a positive integer.
+            ConfigError: ``batch_size`` is not a positive integer; or, under a process group,
+                no ``run_dir`` was given, or the processes were given different data.
             DatasetError: A dataset is empty.
             RunDirectoryError: The run directory is a file, cannot be created, or holds files
                 dropinf did not write and no run.
-            RunLockedError: Another process is writing the run directory.
+            RunLockedError: Another process (or job) is writing the run directory.
             RunConfigMismatchError: The run directory holds a run with another signature
                 (configs, model, data, format) and ``overwrite`` is False.
             NonFiniteError: A loss or gradient is NaN/inf, or overflows the store dtype.
         """
         check_fit_arguments(train_dataset, batch_size, test_dataset)
+        self.team = Team.current()
+        check_team(self.team, self._temporary is not None)
         fingerprint = data_fingerprint or dataset_fingerprint(train_dataset)
-        self.store.check_location()
+        self.team.check_same("training data fingerprint", fingerprint)
         self.reader.reset()
-        with self.store.writer_lock():
-            self.store.remove_temporaries()  # of killed writers: the lock says none is alive
+        with locked_run(self.store, self.team):
             phases.fit_locked(self, train_dataset, batch_size, fingerprint, test_dataset)
         return self
 

@@ -4,6 +4,14 @@ Each phase reads what it needs from the engine's state and the run store, and co
 to the store before the next one starts, so a killed fit resumes at the first missing phase: the
 manifest's ``k`` commits the compressors, ``rows_done`` the published shards, the saved
 self-influence the curvature phases, ``test_fingerprint`` the test scores.
+
+Under an initialised process group (torchrun) every process runs the same phases on the same
+decisions (taken by rank 0 and shared, ``Team.from_leader``): rank 0 holds the writer lock,
+calibrates and writes every run-wide file (manifest, progress, compressors, curvature, scores);
+each process captures and publishes its own contiguous share of the shards; the curvature
+statistics of the shares are summed with all-reduce; self-influence and test scores are
+computed per share and gathered on rank 0. A team of one takes the single-process path
+unchanged.
 """
 
 from __future__ import annotations
@@ -28,9 +36,12 @@ from dropinf.core import (
     build_run_compressors,
     fit_curvature,
 )
+from dropinf.engine.distributed import check_shared
 from dropinf.engine.fingerprint import dataset_fingerprint, loss_name, model_fingerprint
 from dropinf.engine.scoring import (
+    ShardReader,
     batch_metadata,
+    influence_scores,
     load_curvature,
     stored_gradient_chunks,
 )
@@ -49,6 +60,8 @@ from dropinf.run import (
     signature_differences,
     size_text,
 )
+from dropinf.run.manifest import shard_rows_for
+from dropinf.run.shards import shard_count
 
 if TYPE_CHECKING:
     from dropinf.engine.facade import InfluenceEngine
@@ -63,6 +76,10 @@ class ProgressWriter:
         """Create a writer for ``store``."""
         self.store = store
         self.phase, self.time = "", 0.0
+
+    def due(self, phase: str) -> bool:
+        """True when a report of ``phase`` now would be written (not throttled)."""
+        return phase != self.phase or time.monotonic() - self.time >= PROGRESS_INTERVAL
 
     def write(self, phase: str, done: int, total: int, rate: float | None) -> None:
         """Report ``done`` of ``total`` units of ``phase`` at ``rate`` examples/s (if known)."""
@@ -116,8 +133,11 @@ def fit_locked(
 
     Call with the writer lock held.
     """
-    manifest = open_run(engine, len(train), data_fingerprint)
+    team = engine.team
+    manifest = team.from_leader(lambda: open_run(engine, len(train), data_fingerprint))
+    team.together(lambda: check_shared(engine.store, team))
     test_fingerprint = dataset_fingerprint(test) if test is not None else None
+    team.check_same("test data fingerprint", test_fingerprint)
     if test is not None and manifest.get("test_fingerprint") != test_fingerprint:
         run_missing_phases(engine, train, batch_size, (test, test_fingerprint))
     elif manifest["status"] == "complete":
@@ -168,39 +188,48 @@ def run_missing_phases(
     The manifest says ``running`` meanwhile, then ``complete``, ``failed`` (with the error) or
     ``cancelled`` (on KeyboardInterrupt).
     """
-    store = engine.store
-    store.update_manifest(status="running", error=None)
+    store, leader = engine.store, engine.team.leader
+    if leader:
+        store.update_manifest(status="running", error=None, world_size=engine.team.size)
     try:
         _run_phases(engine, train, batch_size, test)
     except KeyboardInterrupt:
-        store.update_manifest(status="cancelled")
+        if leader:
+            store.update_manifest(status="cancelled")
         raise
     except Exception as error:
-        store.update_manifest(status="failed", error=str(error))
+        if leader:
+            store.update_manifest(status="failed", error=str(error))
         raise
-    store.update_manifest(status="complete")
-    engine.progress.write("done", len(train), len(train), None)
+    if leader:
+        store.update_manifest(status="complete")
+        engine.progress.write("done", len(train), len(train), None)
 
 
 def _run_phases(
     engine: InfluenceEngine, train: Dataset, batch_size: int, test: tuple[Dataset, str] | None
 ) -> None:
     """The phases a run still lacks, in order, with their wall-clock seconds in the manifest."""
-    if engine.store.self_influence_exists():
+    team = engine.team
+    if team.from_leader(engine.store.self_influence_exists):
         restore_state(engine)
     else:
-        _timed(engine.store, "calibration", calibrate, engine, train, batch_size)
-        check_run_fits(engine, len(train))
-        _timed(engine.store, "gradients", store_gradients, engine, train, batch_size)
-        fitted = _timed(engine.store, "curvature", fit_run_curvature, engine)
-        _timed(engine.store, "self_influence", store_self_influence, engine, fitted)
+        _timed(engine, "calibration", calibrate, engine, train, batch_size)
+        team.from_leader(lambda: check_run_fits(engine, len(train)))
+        _timed(engine, "gradients", store_gradients, engine, train, batch_size)
+        fitted = _timed(engine, "curvature", fit_run_curvature, engine)
+        _timed(engine, "self_influence", store_self_influence, engine, fitted)
     if test is not None:
-        _timed(engine.store, "test_scores", store_test_scores, engine, *test, batch_size)
+        _timed(engine, "test_scores", store_test_scores, engine, *test, batch_size)
 
 
-def _timed(store: RunStore, phase: str, run: Callable[..., Any], *args: Any) -> Any:
+def _timed(engine: InfluenceEngine, phase: str, run: Callable[..., Any], *args: Any) -> Any:
+    """Run a phase; rank 0 records its seconds (phases end together: the slowest rank's)."""
     started = time.perf_counter()
     result = run(*args)
+    if not engine.team.leader:
+        return result
+    store = engine.store
     timings = store.read_manifest().get("timings", {})
     timings[phase] = time.perf_counter() - started
     store.update_manifest(timings=timings)
@@ -231,18 +260,30 @@ def calibrate(engine: InfluenceEngine, train: Dataset, batch_size: int) -> None:
     The manifest's ``k`` commits the saved masks: a file written by a writer killed before its
     manifest update is rebuilt (deterministically) and written again.
     """
-    store = engine.store
-    if store.read_manifest()["k"] is not None:
+    team = engine.team
+    if team.from_leader(lambda: engine.store.read_manifest()["k"] is not None):
         engine.capture = restored_capture(engine)
         return
+    team.from_leader(lambda: build_compressors(engine, train, batch_size))
+    if not team.leader:  # rank 0's masks, saved: the same on every process, data-driven or not
+        engine.capture = restored_capture(engine)
+
+
+def build_compressors(engine: InfluenceEngine, train: Dataset, batch_size: int) -> None:
+    """Build, save and commit the run's compressors (masks from the seed or from calibration)."""
+    store = engine.store
     engine.progress.write("calibrate", 0, 1, None)
     compressors = build_run_compressors(
         engine.model, engine.layout, engine.compression, train, engine.loss_fn, batch_size
     )
     engine.capture = make_capture(engine, compressors)
     store.save_compressors(compressors)
+    shard_rows = engine.shard_rows
+    if shard_rows is None and engine.team.distributed:
+        k = sum(compressor.k for compressor in compressors)
+        shard_rows = shard_rows_for(k, engine.store_dtype, batch_size, len(train), engine.team.size)
     fields = layer_fields(
-        engine.layout.specs, compressors, engine.store_dtype, batch_size, engine.shard_rows
+        engine.layout.specs, compressors, engine.store_dtype, batch_size, shard_rows
     )
     store.update_manifest(**fields)
 
@@ -282,36 +323,67 @@ def check_run_fits(engine: InfluenceEngine, n_train: int) -> None:
 
 
 def store_gradients(engine: InfluenceEngine, train: Dataset, batch_size: int) -> None:
-    """Capture and store compressed gradients from the first shard not yet stored.
+    """Capture and store compressed gradients of the shards not yet stored (this process's share).
 
     Batches are cut per shard, so a shard's K-FAC statistics (kept for ``kfac`` / ``ekfac``)
-    are the sums over exactly its rows, whatever the batch size, also on resume.
+    are the sums over exactly its rows, whatever the batch size, also on resume. A failure on
+    any process ends the phase on every process.
     """
-    store = engine.store
-    manifest = store.read_manifest()
-    n_train, k = manifest["n_train"], manifest["k"]
+    team = engine.team
+    manifest = engine.store.read_manifest()
+    share = own_shards(engine)
     numpy_dtype = torch.empty(0, dtype=engine.store_dtype).numpy().dtype
-    writer = GradientWriter(store, n_train, manifest["shard_rows"], k, numpy_dtype)
+    writer = GradientWriter(
+        engine.store, manifest["n_train"], manifest["shard_rows"], manifest["k"], numpy_dtype,
+        share,
+    )  # fmt: skip
+    team.together(lambda: fill_shards(engine, writer, train, batch_size))
+    if team.distributed and team.leader:
+        engine.store.update_manifest(rows_done=writer.rows_published())
+
+
+def fill_shards(
+    engine: InfluenceEngine, writer: GradientWriter, train: Dataset, batch_size: int
+) -> None:
+    """Capture the writer's pending shards; rank 0 reports the run's progress."""
+    team, n_train = engine.team, writer.n_rows
     keeps_statistics = run_curvature_kind(engine) in KRONECKER_KINDS
     first_row, started = writer.rows_done, time.perf_counter()
+    total, initial = (n_train, first_row) if not team.distributed else writer.share_rows()
     bar = tqdm(
-        total=n_train,
-        initial=first_row,
+        total=total,
+        initial=initial,
         unit="ex",
-        desc="gradients",
-        disable=not engine.show_progress,
+        desc="gradients" if not team.distributed else f"gradients ({team.label()})",
+        disable=not (engine.show_progress and team.leader),
         dynamic_ncols=True,
     )
     for rows in writer.pending_shards():
         statistics = engine.capture.kronecker_stats() if keeps_statistics else None
         state = None if statistics is None else statistics.state
         for batch in DataLoader(Subset(train, rows), batch_size):
-            if store_batch(engine, writer, batch, statistics, state):
-                store.update_manifest(rows_done=writer.rows_done)
+            published = store_batch(engine, writer, batch, statistics, state)
             bar.update(len(batch[0]))
-            rate = (writer.rows_done - first_row) / max(time.perf_counter() - started, 1e-9)
-            engine.progress.write("gradients", writer.rows_done, n_train, rate)
+            if team.leader:
+                report_gradients(engine, writer, published, first_row, started)
     bar.close()
+
+
+def report_gradients(
+    engine: InfluenceEngine, writer: GradientWriter, published: bool, first: int, started: float
+) -> None:
+    """Commit ``rows_done`` when a shard was published, and write the progress when due.
+
+    One process counts its own rows; rank 0 of several counts the published shards of all.
+    """
+    distributed = engine.team.distributed
+    if published:
+        rows_done = writer.rows_published() if distributed else writer.rows_done
+        engine.store.update_manifest(rows_done=rows_done)
+    if engine.progress.due("gradients"):
+        done = writer.rows_published() if distributed else writer.rows_done
+        rate = (done - first) / max(time.perf_counter() - started, 1e-9)
+        engine.progress.write("gradients", done, writer.n_rows, rate)
 
 
 def store_batch(
@@ -340,54 +412,118 @@ def run_kronecker_stats(store: RunStore) -> KroneckerStats:
     return KroneckerStats.from_state(total)
 
 
+def shared_kronecker_stats(engine: InfluenceEngine) -> KroneckerStats:
+    """The run's K-FAC factor sums: each process sums its own shards', then all-reduce."""
+    total = engine.capture.kronecker_stats().state()  # zeros: a share may hold no shard
+    for state in engine.store.kronecker_states(own_shards(engine)):
+        total = {name: total[name] + value for name, value in state.items()}
+    for value in total.values():
+        engine.team.sum_into(value)
+    return KroneckerStats.from_state(total)
+
+
+def own_shards(engine: InfluenceEngine) -> range:
+    """The indices of the shards this process writes and reads (all of them for one process)."""
+    manifest = engine.store.read_manifest()
+    return engine.team.share(shard_count(manifest["n_train"], manifest["shard_rows"]))
+
+
 def fit_run_curvature(engine: InfluenceEngine) -> Curvature:
     """Fit and save the curvature from the stored gradients; give the engine its solver.
 
     ``kfac`` / ``ekfac`` sum the K-FAC statistics saved with the shards (``ekfac`` then reads
-    the shards once more for its eigenvalues).
+    the shards once more for its eigenvalues). Several processes each read their own share
+    of the shards and all-reduce the sums; every process factors the same sums, rank 0 saves
+    the result and the others then load it, so all score with the same saved curvature.
 
     Returns:
         The fitted curvature, which knows its low-rank blocks' self-influence.
     """
-    store = engine.store
-    engine.progress.write("curvature", 0, 1, None)
+    store, team = engine.store, engine.team
+    if team.leader:
+        engine.progress.write("curvature", 0, 1, None)
     manifest = store.read_manifest()
     dims = [layer["k"] for layer in manifest["layers"]]
     kind = run_curvature_kind(engine)
-    statistics = run_kronecker_stats(store) if kind in KRONECKER_KINDS else None
+    if not team.distributed:
+        statistics = run_kronecker_stats(store) if kind in KRONECKER_KINDS else None
+        shards, reduce = store.iter_gradient_shards(), None
+    else:
+        statistics = shared_kronecker_stats(engine) if kind in KRONECKER_KINDS else None
+        shards, reduce = store.iter_gradient_shards(own_shards(engine)), team.sum_into
     fitted = fit_curvature(
-        store.iter_gradient_shards(),
+        shards,
         dims,
         manifest["n_train"],
         dataclasses.replace(engine.curvature_config, kind=kind),
         engine.device,
         engine.dtype,
         kronecker=statistics,
+        reduce=reduce,
+        every_shard=store.iter_gradient_shards,
     )
     state = fitted.state(engine.dtype)
-    store.save_curvature(state)
-    engine.curvature = Curvature.from_state(fitted.kind, fitted.damping, state).to(engine.device)
-    store.update_manifest(curvature_kind=fitted.kind, damping=fitted.damping)
+    team.from_leader(lambda: save_curvature(store, fitted, state))
+    if team.leader:
+        engine.curvature = Curvature.from_state(fitted.kind, fitted.damping, state)
+        engine.curvature = engine.curvature.to(engine.device)
+    else:
+        engine.curvature = load_curvature(store, engine.device)
     return fitted
 
 
+def save_curvature(store: RunStore, fitted: Curvature, state: dict[str, torch.Tensor]) -> None:
+    """Save the fitted curvature and commit its kind and damping in the manifest."""
+    store.save_curvature(state)
+    store.update_manifest(curvature_kind=fitted.kind, damping=fitted.damping)
+
+
 def store_self_influence(engine: InfluenceEngine, fitted: Curvature) -> None:
-    """Save ``g(z)ᵀ (F + λI)⁻¹ g(z)`` of every training example."""
-    engine.progress.write("self_influence", 0, 1, None)
+    """Save ``g(z)ᵀ (F + λI)⁻¹ g(z)`` of every training example.
+
+    Several processes each whiten their own share of the rows; rank 0 gathers and saves.
+    """
+    store, team = engine.store, engine.team
+    if team.leader:
+        engine.progress.write("self_influence", 0, 1, None)
     engine.reader.reset()  # the gradient phase may have published shards since
-    chunks = stored_gradient_chunks(engine.store, engine.device, engine.dtype, reader=engine.reader)
-    values = fitted.training_self_influence(chunks)
-    engine.store.save_self_influence(values.to(torch.float32).numpy())
+    if not team.distributed:
+        chunks = stored_gradient_chunks(store, engine.device, engine.dtype, reader=engine.reader)
+        values = fitted.training_self_influence(chunks)
+        store.save_self_influence(values.to(torch.float32).numpy())
+        return
+    values = fitted.known_self_influence()
+    if fitted.reads_rows:
+        reader = ShardReader(store, own_shards(engine))
+        chunks = stored_gradient_chunks(store, engine.device, engine.dtype, reader=reader)
+        rows = team.gather_rows(fitted.whitened_self_influence(chunks))
+        values = values + rows if team.leader else values
+    team.from_leader(lambda: store.save_self_influence(values.to(torch.float32).numpy()))
 
 
 def store_test_scores(
     engine: InfluenceEngine, test: Dataset, fingerprint: str, batch_size: int
 ) -> None:
-    """Score the test set; the manifest's ``test_fingerprint`` commits the written scores."""
-    store = engine.store
-    store.update_manifest(test_fingerprint=None)
-    engine.progress.write("test_scores", 0, len(test), None)
+    """Score the test set; the manifest's ``test_fingerprint`` commits the written scores.
+
+    Several processes each score the whole test set against their own share of the shards;
+    rank 0 gathers the columns and saves them.
+    """
+    store, team = engine.store, engine.team
+    if team.leader:
+        store.update_manifest(test_fingerprint=None)
+        engine.progress.write("test_scores", 0, len(test), None)
     gradients, meta = engine.test_gradients(test, batch_size)
-    scores = engine.scores_of_gradients(gradients)
-    store.save_test_scores(scores.to(torch.float32).numpy(), meta)
-    store.update_manifest(test_fingerprint=fingerprint)
+    if not team.distributed:
+        scores = engine.scores_of_gradients(gradients)
+    else:
+        share = ShardReader(store, own_shards(engine))
+        mine = influence_scores(engine.curvature, gradients, share, engine.device, engine.dtype)
+        gathered = team.gather_rows(mine.T.contiguous())  # (n_train, n_test) on rank 0
+        scores = gathered.T if gathered is not None else None
+
+    def save() -> None:
+        store.save_test_scores(scores.to(torch.float32).numpy(), meta)
+        store.update_manifest(test_fingerprint=fingerprint)
+
+    team.from_leader(save)

@@ -31,16 +31,16 @@ class ShardReader:
     files; ``reset`` forgets them (after a fit wrote new shards).
     """
 
-    def __init__(self, store: RunStore) -> None:
-        """Read the shards of ``store``."""
-        self.store = store
+    def __init__(self, store: RunStore, indices: Sequence[int] | None = None) -> None:
+        """Read the shards of ``store`` (only those of ``indices``: one process's share)."""
+        self.store, self.indices = store, indices
         self._shards: list[np.ndarray] | None = None
 
     @property
     def shards(self) -> list[np.ndarray]:
-        """The read-only memmaps of the published shards, in row order."""
+        """The read-only memmaps of the published shards (of ``indices``), in row order."""
         if self._shards is None:
-            self._shards = list(self.store.iter_gradient_shards())
+            self._shards = list(self.store.iter_gradient_shards(self.indices))
         return self._shards
 
     def reset(self) -> None:
@@ -136,7 +136,7 @@ def influence_scores(
     """
     preconditioned = curvature.precondition(test_gradients.to(device)).to(dtype)  # (m, k)
     scores = torch.from_numpy(out) if out is not None else None
-    parts = []
+    parts = [torch.zeros((preconditioned.shape[0], 0), dtype=dtype)]  # a share may be empty
     for start, chunk in reader.raw_chunks():
         part = chunk_scores(preconditioned, as_tensor(chunk).to(device)).cpu()
         if scores is None:

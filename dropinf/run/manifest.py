@@ -21,6 +21,7 @@ from dropinf.run.files import now_iso
 
 FORMAT_VERSION = 2
 SHARD_BYTES = 64 * 2**20
+SHARDS_PER_PROCESS = 4  # several processes: shards small enough that each gets at least this many
 # Everything the stored scores depend on: a run is reused only when all of these are equal.
 SIGNATURE_FIELDS = (
     "format",
@@ -40,7 +41,8 @@ class Manifest(TypedDict):
 
     ``k``, ``shard_rows`` and the layers' ``k`` are None until the compressors are saved;
     ``curvature_kind`` and ``damping`` until the curvature is fitted; ``test_fingerprint``
-    names the test set whose scores are stored (None: none are).
+    names the test set whose scores are stored (None: none are); ``world_size`` how many
+    processes computed the run (torch.distributed), the last time it was resumed.
     """
 
     format: int
@@ -65,6 +67,7 @@ class Manifest(TypedDict):
     created: str
     timings: dict[str, float]
     error: str | None
+    world_size: int
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -118,13 +121,24 @@ def new_manifest(
         created=now_iso(),
         timings={},
         error=None,
+        world_size=1,
     )
 
 
-def shard_rows_for(k: int, store_dtype: torch.dtype, batch_size: int) -> int:
-    """Rows per shard: whole capture batches filling about ``SHARD_BYTES`` (at least one)."""
+def shard_rows_for(
+    k: int, store_dtype: torch.dtype, batch_size: int, n_rows: int = 0, processes: int = 1
+) -> int:
+    """Rows per shard: whole capture batches filling about ``SHARD_BYTES`` (at least one).
+
+    With several processes, shards are also cut small enough that each process gets about
+    ``SHARDS_PER_PROCESS`` of the ``n_rows`` (still whole batches, so a row's batch, and
+    therefore its gradient, is the one a single process would capture).
+    """
     itemsize = torch.empty(0, dtype=store_dtype).element_size()
     whole_batches = SHARD_BYTES // (k * itemsize) // batch_size  # batches never straddle
+    if processes > 1:
+        per_shard = -(-n_rows // (processes * SHARDS_PER_PROCESS))
+        whole_batches = min(whole_batches, -(-per_shard // batch_size))
     return batch_size * max(1, whole_batches)
 
 

@@ -102,12 +102,24 @@ class ShardWriter:
         os.replace(self.temporary, self.path)
 
 
+def shard_count(n_rows: int, shard_rows: int) -> int:
+    """How many shards hold ``n_rows`` rows at ``shard_rows`` per shard (the last may be short)."""
+    return -(-n_rows // shard_rows)
+
+
+def shard_index(path: Path) -> int:
+    """The index NNNNN of ``shard-NNNNN.npy``."""
+    return int(path.name.removeprefix("shard-").removesuffix(".npy"))
+
+
 class GradientWriter:
-    """Streams rows into consecutive shards of a run, publishing each shard once it is full.
+    """Streams rows into the shards of a run, publishing each shard once it is full.
 
     Rows are written shard by shard (``pending_shards``): a batch never straddles two shards,
     so whatever is summed per batch (the K-FAC statistics) is exactly per shard, whatever the
-    batch size, also on resume.
+    batch size, also on resume. Shard i always holds rows ``i·shard_rows`` onwards, so several
+    processes, each writing its own ``shares`` of the shard indices, fill the same shards one
+    process would, under the same names, never the same file.
 
     Args:
         store: The run.
@@ -115,20 +127,52 @@ class GradientWriter:
         shard_rows: Rows per shard (the last one may hold fewer).
         k: Compressed dimension.
         dtype: Numpy dtype of the stored gradients.
+        share: The shard indices this writer fills (None: every shard).
     """
 
     def __init__(
-        self, store: RunStore, n_rows: int, shard_rows: int, k: int, dtype: np.dtype
+        self,
+        store: RunStore,
+        n_rows: int,
+        shard_rows: int,
+        k: int,
+        dtype: np.dtype,
+        share: range | None = None,
     ) -> None:
         self.store, self.n_rows, self.shard_rows = store, n_rows, shard_rows
         self.k, self.dtype = k, dtype
+        self.share = range(shard_count(n_rows, shard_rows)) if share is None else share
         self.rows_done = sum(np.load(p, mmap_mode="r").shape[0] for p in store.complete_shards())
         self.shard: ShardWriter | None = None
+        self.index: int | None = None
+
+    def shard_range(self, index: int) -> range:
+        """The rows of shard ``index``."""
+        start = index * self.shard_rows
+        return range(start, min(start + self.shard_rows, self.n_rows))
+
+    def published(self) -> set[int]:
+        """The indices of the shards published so far (by any process)."""
+        return {shard_index(path) for path in self.store.complete_shards()}
+
+    def rows_published(self) -> int:
+        """Rows in the shards published so far (by any process; lists the folder)."""
+        return sum(len(self.shard_range(index)) for index in self.published())
+
+    def share_rows(self) -> tuple[int, int]:
+        """(rows of this writer's share, of those already published)."""
+        published = self.published()
+        rows = [len(self.shard_range(index)) for index in self.share]
+        done = [n for index, n in zip(self.share, rows, strict=True) if index in published]
+        return sum(rows), sum(done)
 
     def pending_shards(self) -> Iterator[range]:
-        """The rows of each shard not yet published, in order (complete shards only count)."""
-        for start in range(self.rows_done, self.n_rows, self.shard_rows):
-            yield range(start, min(start + self.shard_rows, self.n_rows))
+        """The rows of each shard of the share not yet published, in order."""
+        published = self.published()
+        for index in self.share:
+            if index not in published:
+                self.index = index
+                yield self.shard_range(index)
 
     def slot(self, rows: int) -> np.ndarray:
         """A writable (rows, k) view of the next rows of the current shard.
@@ -165,8 +209,9 @@ class GradientWriter:
         return True
 
     def _current_shard(self) -> ShardWriter:
+        """The shard being filled: the one ``pending_shards`` gave, else the next in row order."""
         if self.shard is None:
-            index = self.rows_done // self.shard_rows
-            rows = min(self.shard_rows, self.n_rows - index * self.shard_rows)
+            index = self.rows_done // self.shard_rows if self.index is None else self.index
+            rows = len(self.shard_range(index))
             self.shard = self.store.shard_writer(index, rows, self.k, self.dtype)
         return self.shard

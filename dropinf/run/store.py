@@ -13,10 +13,13 @@ Layout of a run directory::
     test_scores.npy            (n_test, n_train), + = proponent
     test_meta.npz              label, prediction, loss of the test examples
     .dropinf.lock              the writer lock: flock'ed by the one process writing the run
+                               (under torchrun, by rank 0 for the whole job)
 
 Every file is written under a temporary name unique to the writing process and renamed into
 place (``dropinf.run.files``), so a killed job never leaves a half-written file that looks
-complete. A shard exists only once all its rows are in (``dropinf.run.shards``); the manifest's
+complete. A shard exists only once all its rows are in (``dropinf.run.shards``); shard i holds
+rows ``i·shard_rows`` onwards whichever process wrote it, so a run computed by several processes
+(each writing its own shards into the shared folder) has the same layout. The manifest's
 schema and reuse rule live in ``dropinf.run.manifest``. Only the files named here (and derived
 caches, and the review's decisions) count as dropinf's: ``clear`` deletes the run's own files and
 nothing else, and a folder holding anything else without a dropinf manifest is refused (see
@@ -31,7 +34,7 @@ import glob
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -338,19 +341,33 @@ class RunStore:
         self.gradients_dir.mkdir(parents=True, exist_ok=True)
         return ShardWriter(self.shard_path(index), rows, k, dtype)
 
-    def iter_gradient_shards(self) -> Iterator[np.ndarray]:
-        """The published shards, memmapped read-only, in row order."""
-        for path in self.complete_shards():
+    def iter_gradient_shards(self, indices: Iterable[int] | None = None) -> Iterator[np.ndarray]:
+        """The published shards (or those of ``indices``), memmapped read-only, in row order.
+
+        Raises:
+            IncompleteRunError: A shard of ``indices`` is not published.
+        """
+        paths = self.complete_shards() if indices is None else self._shard_paths(indices)
+        for path in paths:
             yield np.load(path, mmap_mode="r")
 
-    def kronecker_states(self) -> Iterator[dict[str, torch.Tensor]]:
-        """The K-FAC factor sums published with each shard, in order (sum them for the run's).
+    def _shard_paths(self, indices: Iterable[int]) -> list[Path]:
+        return [self._existing(self.shard_path(index)) for index in indices]
+
+    def kronecker_states(
+        self, indices: Iterable[int] | None = None
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """The K-FAC factor sums published with each shard (or those of ``indices``), in order.
+
+        Sum them for the run's (or a process's share of it).
 
         Raises:
             CorruptRunError: A published shard lacks its statistics (a run computed for
                 another curvature kind, or a file removed by hand).
+            IncompleteRunError: A shard of ``indices`` is not published.
         """
-        for path in self.complete_shards():
+        paths = self.complete_shards() if indices is None else self._shard_paths(indices)
+        for path in paths:
             statistics = kronecker_path(path)
             if not statistics.is_file():
                 raise CorruptRunError(
