@@ -39,6 +39,7 @@ from bench.lds import SubsetOutputs, lds_subset_outputs  # noqa: E402
 from bench.peers_setting import CACHE, FULL, SMOKE, Size, load_setting, make_recipe, train  # noqa: E402
 from bench.peers_table import report_lds  # noqa: E402
 from dropinf.core import (  # noqa: E402
+    DEFAULT_DAMPING_RATIOS,
     DEFAULT_MAX_KEPT_UNITS,
     CompressionConfig,
     CurvatureConfig,
@@ -48,7 +49,6 @@ from dropinf.data import DatasetBundle  # noqa: E402
 from dropinf.engine import InfluenceEngine  # noqa: E402
 from dropinf.metrics import fidelity, roc_auc  # noqa: E402
 
-DEFAULT_RATIO = 0.1
 TOLERANCE = 0.01
 BATCH = 256
 
@@ -209,6 +209,16 @@ def at_ratio(results: list[dict], ratio: float) -> dict | None:
     return next((r for r in results if r["damping_ratio"] == ratio), None)
 
 
+def at_default(results: list[dict]) -> dict | None:
+    """A row's result at its curvature kind's default damping ratio, if the row has it."""
+    return at_ratio(results, CurvatureConfig().ratio_for(results[0]["curvature"]))
+
+
+def default_ratios_text() -> str:
+    """The grid's curvature kinds with their default ratios, e.g. ``full 1, ekfac 0.1``."""
+    return ", ".join(f"{kind} {DEFAULT_DAMPING_RATIOS[kind]:g}" for kind in ("full", "ekfac"))
+
+
 def markdown_table(setting: dict) -> str:
     """One setting's table: rows mask · curvature · keep, columns ratios, best in bold."""
     rows = rows_of(setting)
@@ -219,7 +229,7 @@ def markdown_table(setting: dict) -> str:
     for row, results in rows.items():
         best = best_of(results)
         cells = [cell(r, r is best) for r in results]
-        default = at_ratio(results, DEFAULT_RATIO)
+        default = at_default(results)
         gap = f"{default['lds'] - best['lds']:+.3f}" if default else "—"
         seconds = np.mean([r["seconds"] for r in results])
         peak = max(r["peak_mb"] for r in results)
@@ -263,10 +273,11 @@ def mask_verdict(setting: dict) -> list[str]:
             continue
         tail = row.removeprefix("energy · ")
         e_best, u_best = best_of(energy), best_of(uniform)
-        e_def, u_def = at_ratio(energy, DEFAULT_RATIO), at_ratio(uniform, DEFAULT_RATIO)
+        e_def, u_def = at_default(energy), at_default(uniform)
         winner = "energy" if e_best["lds"] > u_best["lds"] else "uniform"
         default_text = (
-            f"; at ratio {DEFAULT_RATIO:g}: energy {e_def['lds']:.3f} vs uniform {u_def['lds']:.3f}"
+            f"; at the default ratio {e_def['damping_ratio']:g}: energy {e_def['lds']:.3f} vs "
+            f"uniform {u_def['lds']:.3f}"
             if e_def and u_def
             else ""
         )
@@ -283,7 +294,7 @@ def damping_verdict(setting: dict) -> list[str]:
     """Whether the default ratio's LDS is within the tolerance of the best ratio's, per row."""
     lines = []
     for row, results in rows_of(setting).items():
-        best, default = best_of(results), at_ratio(results, DEFAULT_RATIO)
+        best, default = best_of(results), at_default(results)
         if default is None:
             continue
         gap = best["lds"] - default["lds"]
@@ -321,7 +332,8 @@ def report(settings: list[dict]) -> str:
     for title, verdict in (
         ("Mask (same k, same curvature)", mask_verdict),
         (
-            f"Default damping ratio {DEFAULT_RATIO:g} within {TOLERANCE} of the best",
+            f"Default damping ratio (per kind: {default_ratios_text()}) within {TOLERANCE} of "
+            "the best",
             damping_verdict,
         ),
         ("ekfac vs full", curvature_verdict),

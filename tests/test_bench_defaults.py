@@ -64,16 +64,31 @@ def test_table_marks_only_the_best_ratio_of_each_row():
     )
     uniform_row = next(line for line in table.splitlines() if line.startswith("| uniform"))
     energy_row = next(line for line in table.splitlines() if line.startswith("| energy"))
-    assert "| 0.500 | **0.600** |" in uniform_row and uniform_row.endswith("| -0.100 | 0.900 |")
-    assert "| **0.700** | 0.400 |" in energy_row and energy_row.endswith("| +0.000 | 0.900 |")
+    # the gap is the default ratio's (1 for full) minus the best
+    assert "| 0.500 | **0.600** |" in uniform_row and uniform_row.endswith("| +0.000 | 0.900 |")
+    assert "| **0.700** | 0.400 |" in energy_row and energy_row.endswith("| -0.300 | 0.900 |")
 
 
 @pytest.mark.parametrize(("default_lds", "verdict"), [(0.595, "met"), (0.585, "missed")])
 def test_damping_verdict_uses_the_tolerance(default_lds, verdict):
     lines = defaults.damping_verdict(
-        setting(result("uniform", "full", 0.1, default_lds), result("uniform", "full", 1.0, 0.6))
+        setting(result("uniform", "ekfac", 0.1, default_lds), result("uniform", "ekfac", 1.0, 0.6))
     )
     assert len(lines) == 1 and f": {verdict} (best 0.600 @ 1" in lines[0]
+
+
+def test_damping_verdict_reads_each_kinds_own_default_ratio():
+    lines = defaults.damping_verdict(
+        setting(
+            result("uniform", "full", 0.1, 0.40),
+            result("uniform", "full", 1.0, 0.60),
+            result("uniform", "ekfac", 0.1, 0.50),
+            result("uniform", "ekfac", 1.0, 0.60),
+        )
+    )
+    assert lines[0].startswith("- uniform · full · keep 0.25: met") and "default 0.600" in lines[0]
+    assert lines[1].startswith("- uniform · ekfac · keep 0.25: missed")
+    assert "default 0.500" in lines[1]
 
 
 def test_mask_and_curvature_verdicts_compare_like_with_like():
@@ -106,7 +121,7 @@ def test_tiny_run_prints_tables_and_writes_every_configuration(tmp_path, capsys)
         assert 0.5 < row["auc"] <= 1.0  # self-influence finds the 10 % flips better than chance
         assert row["method"] == "identity" or -1.0 <= row["pearson_exact"] <= 1.0
     assert printed.count("**mlp · symmetric · seed 0**") == 1
-    assert "### Default damping ratio 0.1 within 0.01 of the best" in printed
+    assert "### Default damping ratio (per kind: full 1, ekfac 0.1) within 0.01" in printed
     assert list((tmp_path / "cache").glob("lds-*.npz")), "the retrained subsets are cached"
 
 

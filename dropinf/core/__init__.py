@@ -16,6 +16,7 @@ from dropinf.core.compress import LayerCompressor, UnitEnergy
 from dropinf.core.config import (
     COMPRESSION_METHODS,
     CURVATURE_KINDS,
+    DEFAULT_DAMPING_RATIOS,
     DEFAULT_MAX_KEPT_UNITS,
     MASK_STRATEGIES,
     CompressionConfig,
@@ -40,6 +41,7 @@ from dropinf.core.masks import energy_split, mask_indices
 __all__ = [
     "COMPRESSION_METHODS",
     "CURVATURE_KINDS",
+    "DEFAULT_DAMPING_RATIOS",
     "DEFAULT_MAX_KEPT_UNITS",
     "MASK_STRATEGIES",
     "BlockStatistics",

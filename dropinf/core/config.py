@@ -16,6 +16,9 @@ COMPRESSION_METHODS = ("dropout", "identity", "gaussian", "factorized_gaussian",
 MASK_STRATEGIES = ("uniform", "energy")
 CURVATURE_KINDS = ("auto", "full", "block", "kfac", "ekfac", "identity")
 DEFAULT_MAX_KEPT_UNITS = 64
+# The damping ratio each curvature kind uses unless told (bench/RESULTS.md §6: the best or within
+# 0.01 of the best ratio on the peers grid for ``full``; ``kfac`` / ``ekfac`` scale λ per layer).
+DEFAULT_DAMPING_RATIOS = {"full": 1.0, "block": 1.0, "kfac": 0.1, "ekfac": 0.1, "identity": 1.0}
 
 
 def _is_real(value: Any) -> bool:
@@ -77,7 +80,7 @@ class CompressionConfig:
     method: str = "dropout"
     keep_ratio: float = 0.25
     seed: int = 0
-    mask: str = "energy"
+    mask: str = "uniform"
     layer_keep_ratios: dict[str, float] = field(default_factory=dict)
     calibration_batches: int = 4
     max_kept_units: int | None = DEFAULT_MAX_KEPT_UNITS
@@ -133,21 +136,30 @@ class CurvatureConfig:
             ``kfac`` and ``ekfac`` give the coordinates of flat layers a diagonal.
         damping: λ added to the diagonal. None means ``damping_ratio · mean(diag F)`` (for
             ``kfac`` / ``ekfac``: per layer, ``damping_ratio`` · the layer's mean eigenvalue).
-        damping_ratio: The factor of the default damping.
+        damping_ratio: The factor of the default damping; None means the kind's measured
+            default (``DEFAULT_DAMPING_RATIOS``: 1 for ``full`` / ``block``, 0.1 for ``kfac`` /
+            ``ekfac``).
         max_full_dim: Largest k for which ``auto`` chooses ``full``.
     """
 
     kind: str = "auto"
     damping: float | None = None
-    damping_ratio: float = 0.1
+    damping_ratio: float | None = None
     max_full_dim: int = 8192
 
     def __post_init__(self) -> None:
         _check_choice("curvature kind", self.kind, CURVATURE_KINDS)
         if self.damping is not None:
             _check_positive("damping", self.damping)
-        _check_positive("damping_ratio", self.damping_ratio)
+        if self.damping_ratio is not None:
+            _check_positive("damping_ratio", self.damping_ratio)
         _check_int("max_full_dim", self.max_full_dim, 1)
+
+    def ratio_for(self, kind: str) -> float:
+        """The damping ratio a concrete kind uses: ``damping_ratio``, else the kind's default."""
+        if self.damping_ratio is not None:
+            return self.damping_ratio
+        return DEFAULT_DAMPING_RATIOS[kind]
 
     def resolve_kind(self, total_dim: int, kronecker_factored: bool = True) -> str:
         """The concrete kind ``auto`` stands for at a compressed dimension.

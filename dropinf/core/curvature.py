@@ -465,7 +465,7 @@ def fit_curvature(
     statistics = gather_statistics(shards, ranges, n_rows, device, dtype, reduce, every_shard)
     damping = config.damping
     if damping is None:
-        damping = default_damping(statistics, n_rows, config.damping_ratio)
+        damping = default_damping(statistics, n_rows, config.ratio_for(kind))
     blocks: list[Block] = [
         low_rank_block(block, damping) if block.low_rank else cholesky_block(block, n_rows, damping)
         for block in statistics

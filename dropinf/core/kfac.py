@@ -202,7 +202,8 @@ def layer_damping(values: torch.Tensor, config: CurvatureConfig) -> float:
     """λ of one layer: ``config.damping``, else ``damping_ratio`` · mean eigenvalue (1 if 0)."""
     if config.damping is not None:
         return config.damping
-    damping = config.damping_ratio * float(values.mean()) if values.numel() else 0.0
+    ratio = config.ratio_for("ekfac")  # kfac and ekfac share their default ratio
+    damping = ratio * float(values.mean()) if values.numel() else 0.0
     return damping if damping > 0 else 1.0
 
 

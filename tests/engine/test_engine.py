@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from dropinf.core import (
+    DEFAULT_DAMPING_RATIOS,
     CompressionConfig,
     CurvatureConfig,
     cross_entropy_per_sample,
@@ -76,7 +77,7 @@ def explicit_influence(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores and self-influence with the damped Fisher inverted explicitly."""
     fisher = train_grads.T @ train_grads / train_grads.shape[0]
-    damping = 0.1 * fisher.diagonal().mean()
+    damping = DEFAULT_DAMPING_RATIOS["full"] * fisher.diagonal().mean()  # the default ratio
     if blocks is not None:
         mask = torch.zeros_like(fisher, dtype=torch.bool)
         for block in blocks:

@@ -152,5 +152,8 @@ def test_query_of_few_rows_against_float16_shards_matches_float32(tmp_path: Path
     stored = torch.from_numpy(np.array(engine.store.gradients())).float()
     expected = engine.curvature.precondition(gradients) @ stored.T
     got = engine.query(batch)  # float16 products: each score rounded to 11 significant bits
-    assert float((got - expected).abs().max()) <= 2**-10 * float(expected.abs().max())
-    torch.testing.assert_close(got.argsort(dim=1)[:, -5:], expected.argsort(dim=1)[:, -5:])
+    tolerance = 2**-10 * float(expected.abs().max())
+    assert float((got - expected).abs().max()) <= tolerance
+    fifth_best = expected.topk(5, dim=1).values[:, -1:]  # the top 5 agree up to rounding ties
+    got_best = expected.gather(1, got.topk(5, dim=1).indices)
+    assert bool((got_best >= fifth_best - 2 * tolerance).all())
