@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from dropinf.errors import DropinfError
 from dropinf.models.demo import DEFAULT_DEMO, demo_preset
 from dropinf.review import RunReview, suggest_labels
 from dropinf.run import RunStore
-from pages._state import SYNC_KEY, Context
+from pages._state import SYNC_KEY, Context, trajectory_title
 
 
 @st.cache_resource(show_spinner="Loading the dataset…", max_entries=8)
@@ -50,6 +51,9 @@ def load_model(checkpoint: str, arch: str | None, arch_args: str) -> models.Load
 def load_context(context: Context) -> tuple[models.LoadedCheckpoint, data.DatasetBundle]:
     """The model and dataset of a context, checked to lie in the readable folders and to fit.
 
+    For a training trajectory the model is its last checkpoint, and every checkpoint is checked
+    (``trajectory``).
+
     Raises:
         ConfigError: When the checkpoint or the data lies outside the readable folders.
         DropinfError: When either cannot be loaded or they do not fit.
@@ -58,7 +62,38 @@ def load_context(context: Context) -> tuple[models.LoadedCheckpoint, data.Datase
     bundle = load_bundle(paths.confine_data_spec(context.data_spec))
     loaded = load_model(str(checkpoint), context.arch, context.arch_args)
     models.check_model_fits_data(loaded.model, bundle)
+    trajectory(context)
     return loaded, bundle
+
+
+def trajectory(context: Context) -> list[models.LoadedCheckpoint]:
+    """The checkpoints of a context's training trajectory, in its order ([] for one checkpoint).
+
+    Raises:
+        ConfigError: A checkpoint lies outside the readable folders.
+        CheckpointError: One cannot be loaded, or they are fewer than two.
+        CheckpointMismatchError: They are not of one architecture, shape and training set.
+    """
+    if not context.checkpoints:
+        return []
+    loaded = [
+        load_model(str(paths.confine(path)), context.arch, context.arch_args)
+        for path in context.checkpoints
+    ]
+    views.ordered_trajectory(loaded)  # checks them; the context keeps the order it was given
+    return loaded
+
+
+def trajectory_paths(sources: list[Path], arch: str | None, arch_args: str) -> tuple[str, ...]:
+    """A folder of checkpoints or several files, as checkpoint paths in training order.
+
+    Raises:
+        ConfigError: A path outside the readable folders.
+        CheckpointError, CheckpointMismatchError: See ``trajectory``.
+    """
+    files = views.trajectory_files([paths.confine(source) for source in sources])
+    loaded = [load_model(str(path), arch, arch_args) for path in files]
+    return tuple(str(checkpoint.path) for checkpoint in views.ordered_trajectory(loaded))
 
 
 def job_architecture(context: Context) -> tuple[str | None, dict | None]:
@@ -80,8 +115,13 @@ def job_architecture(context: Context) -> tuple[str | None, dict | None]:
     return (None, None) if (saved.arch, saved.arch_args) == wanted else wanted
 
 
-def ensure_demo(preset: str = DEFAULT_DEMO) -> Context:
+def ensure_demo(preset: str = DEFAULT_DEMO, whole_trajectory: bool = False) -> Context:
     """The context of an embedded demo, training and caching its checkpoint on first use.
+
+    Args:
+        preset: The demo's name.
+        whole_trajectory: The checkpoints kept while it trained (``models.demo_checkpoints_dir``)
+            instead of the final model alone.
 
     Raises:
         ConfigError: No such preset.
@@ -90,7 +130,14 @@ def ensure_demo(preset: str = DEFAULT_DEMO) -> Context:
     with st.spinner(f"Preparing the demo model (first use trains {demo.description})…"):
         checkpoint = models.ensure_demo_checkpoint(progress=False, preset=preset)
     title = "demo" if preset == DEFAULT_DEMO else f"demo ({preset})"
-    return Context(checkpoint=str(checkpoint), data_spec=demo.data_spec, title=title)
+    if not whole_trajectory:
+        return Context(checkpoint=str(checkpoint), data_spec=demo.data_spec, title=title)
+    folder = models.demo_checkpoints_dir(preset)
+    checkpoints = trajectory_paths([folder], None, "{}")
+    return Context(
+        checkpoint=checkpoints[-1], data_spec=demo.data_spec, checkpoints=checkpoints,
+        title=trajectory_title([Path(path) for path in checkpoints]),
+    )  # fmt: skip
 
 
 def run_review(store: RunStore, bundle: data.DatasetBundle) -> RunReview:

@@ -45,6 +45,7 @@ JUMPED_KEY = "jumped_to"
 FLIP_KEY = "flip_matrix"
 FILTERS = [("Given", "filter_given"), ("Predicted", "filter_predicted"),
            ("Suggested", "filter_suggested")]  # fmt: skip
+FINAL_ALONE = "final checkpoint alone"  # RunReview.scores() of a run over several checkpoints
 RETRAIN_SEEDS = 3
 MIN_RETRAIN_SEEDS = 2  # the fewest with a spread, hence an interval
 MAX_RETRAIN_SEEDS = 10
@@ -113,6 +114,9 @@ def detection_panel(review: RunReview, bundle: DatasetBundle) -> None:
     noisy, scores = bundle.noisy_mask, review.scores()
     aucs = views.score_aucs(scores, noisy)
     gap = views.auc_gap_sentence(aucs[PRIMARY_SCORE], aucs["training loss"])
+    if FINAL_ALONE in aucs:
+        gap += (f" The ensemble of the training trajectory: AUC {aucs[PRIMARY_SCORE]:.3f}; the "
+                f"final checkpoint alone: {aucs[FINAL_ALONE]:.3f}.")  # fmt: skip
     st.caption(f":material/target: {gap}")
     with st.expander(
         f"Detection quality: {int(noisy.sum()):,} labels were flipped on purpose",
@@ -122,17 +126,47 @@ def detection_panel(review: RunReview, bundle: DatasetBundle) -> None:
         ranking = scores[PRIMARY_SCORE]
         k = st.slider("Inspect the top k of the queue", 10, len(ranking),
                       min(int(noisy.sum()), len(ranking)), 10, key="detect_k")  # fmt: skip
-        cols = st.columns(4)
-        cols[0].metric("ROC AUC", f"{aucs[PRIMARY_SCORE]:.3f}")
+        final = aucs.get(FINAL_ALONE)
+        cols = st.columns(4 if final is None else 5)
+        cols[0].metric(
+            "ROC AUC",
+            f"{aucs[PRIMARY_SCORE]:.3f}",
+            help="Of the queue's score: for a training trajectory, the ensemble's.",
+        )
         cols[1].metric("Training-loss AUC", f"{aucs['training loss']:.3f}")
         cols[2].metric(f"Precision @ {k}", f"{evaluate.precision_at_k(ranking, noisy, k):.1%}")
         cols[3].metric(f"Recall @ {k}", f"{evaluate.recall_at_k(ranking, noisy, k):.1%}")
+        if final is not None:
+            cols[4].metric("Final checkpoint alone AUC", f"{final:.3f}",
+                           delta=f"{aucs[PRIMARY_SCORE] - final:+.3f} by the ensemble",
+                           delta_color="off")  # fmt: skip
         st.plotly_chart(
             views.detection_curve_figure(
                 scores, noisy, title="Flipped labels found per share of the training set inspected"
             ),
             key="detection",
         )
+
+
+def trajectory_panel(review: RunReview, bundle: DatasetBundle, index: int, key: str) -> None:
+    """When in training an example was learned: its score and prediction per checkpoint.
+
+    Drawn for a run over several checkpoints only.
+
+    Args:
+        review: The run under review.
+        bundle: The dataset.
+        index: The training example.
+        key: Widget-key prefix, unique on the page.
+    """
+    table = review.trajectory(index)
+    if table is None:
+        return
+    given = int(review.metadata["label"][index])
+    st.markdown("**When in training it was learned**")
+    st.caption(views.learned_sentence(table, bundle.class_name, given))
+    figure = views.trajectory_figure(table, bundle.class_name)
+    st.plotly_chart(figure, key=f"{key}_{index}", config={"displayModeBar": False})
 
 
 def export_panel(review: RunReview, bundle: DatasetBundle) -> None:

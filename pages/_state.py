@@ -35,6 +35,8 @@ class Context:
         arch: Architecture name, or None to read it from the checkpoint's sidecar.
         arch_args: Architecture arguments as a JSON string (hashable for caching).
         title: A short human name shown in the sidebar.
+        checkpoints: A training trajectory: every checkpoint in training order, the last being
+            ``checkpoint`` (the final model, used for queries and retraining); empty for one.
     """
 
     checkpoint: str
@@ -42,6 +44,7 @@ class Context:
     arch: str | None = None
     arch_args: str = "{}"
     title: str = ""
+    checkpoints: tuple[str, ...] = ()
 
 
 def route_through_router() -> None:
@@ -128,13 +131,24 @@ def context_from_run(run_dir: Path) -> Context | None:
     if not provenance.get("checkpoint") or not provenance.get("data_spec"):
         return None
     checkpoint = paths.confine(str(provenance["checkpoint"]))
+    listed = provenance.get("checkpoints")
+    trajectory = [paths.confine(str(path)) for path in listed] if isinstance(listed, list) else []
+    several = len(trajectory) > 1
     return Context(
         checkpoint=str(checkpoint),
         data_spec=paths.confine_data_spec(str(provenance["data_spec"])),
         arch=provenance.get("arch"),
         arch_args=json.dumps(provenance.get("arch_args") or {}, sort_keys=True),
-        title=checkpoint_title(checkpoint),
+        title=trajectory_title(trajectory) if several else checkpoint_title(checkpoint),
+        checkpoints=tuple(str(path) for path in trajectory) if several else (),
     )
+
+
+def trajectory_title(checkpoints: list[Path]) -> str:
+    """The name to show for a training trajectory: its folder and how many checkpoints."""
+    folders = {path.parent for path in checkpoints}
+    where = f"{checkpoints[-1].parent.name}: " if len(folders) == 1 else ""
+    return f"{where}{len(checkpoints)} checkpoints"
 
 
 def checkpoint_title(checkpoint: Path) -> str:

@@ -20,6 +20,7 @@ from dropinf import run as runs
 from dropinf.cli import map_command
 from dropinf.errors import DropinfError
 from dropinf.run import RunStore
+from dropinf.run.jobs import read_run_manifest
 from pages import _cache as cache
 from pages import _state as state
 
@@ -241,19 +242,6 @@ def example_describer(bundle: data.DatasetBundle, meta: dict[str, np.ndarray]) -
 # ---------------------------------------------------------------------------------------------
 
 
-def progress_text(status: runs.JobStatus, phases: Mapping[str, str], working: str) -> str:
-    """The progress bar's label: the phase in words, and units done when they are counted.
-
-    Args:
-        status: The job's status.
-        phases: The job's phase names -> words.
-        working: The words for a phase not in ``phases`` (or a job that reports none).
-    """
-    phase = phases.get(status.phase, working)
-    counted = status.total > 1
-    return f"{phase}: {status.done:,} / {status.total:,}" if counted else f"{phase}…"
-
-
 def start_map_job(run_dir: Path) -> None:
     """Start a complete run's gradient-map job in the background, once (no failed one retried).
 
@@ -283,7 +271,9 @@ def job_panel(
     """Live progress of one of a run's jobs; reruns the page when the job ends.
 
     A progress bar filled to ``done / total`` of the job's current phase, labelled with the
-    phase, the throughput and the time left in the phase, and a Cancel button when asked for.
+    phase (and, for a run over several checkpoints, which checkpoint and its epoch:
+    ``views.ensemble_progress_text``), the throughput and the time left in the phase, and a
+    Cancel button when asked for.
 
     Args:
         run_dir: The run the job belongs to.
@@ -301,7 +291,9 @@ def job_panel(
             st.rerun()
         return
     st.session_state[watching] = run_dir.name
-    st.progress(status.fraction, text=progress_text(status, phases or {}, working))
+    epochs = views.checkpoint_epochs(read_run_manifest(run_dir)) if name is None else []
+    text = views.ensemble_progress_text(status, phases or {}, working, epochs)
+    st.progress(status.fraction, text=text)
     cols = st.columns([1, 1, 1])
     speed = f"{status.examples_per_s:,.0f}" if status.examples_per_s else "—"
     cols[0].metric("Examples / s", speed)

@@ -10,7 +10,14 @@ import torch
 from dropinf import dashboard as views
 from dropinf import run as runs
 from dropinf.cli import compute_command
-from dropinf.core import COMPRESSION_METHODS, CURVATURE_KINDS, CompressionConfig, CurvatureConfig
+from dropinf.core import (
+    COMPRESSION_METHODS,
+    CURVATURE_KINDS,
+    MASK_STRATEGIES,
+    CompressionConfig,
+    CurvatureConfig,
+)
+from dropinf.engine import COMBINATIONS, DEFAULT_COMBINATION
 from dropinf.errors import DropinfError
 from pages import _cache as cache
 from pages import _state as state
@@ -33,11 +40,13 @@ def compression_form() -> CompressionConfig:
     )
     mask = right.radio(
         "Dropout mask",
-        ["energy", "uniform"],
+        MASK_STRATEGIES,
+        index=MASK_STRATEGIES.index(CompressionConfig().mask),
         horizontal=True,
         key="mask",
         disabled=method != "dropout",
-        help="`energy` keeps the busiest units; `uniform` draws them at random.",
+        help="`uniform` draws the kept units at random (the default, best LDS); `energy` keeps "
+        "the busiest units.",
     )
     keep_ratio = left.slider(
         "Keep ratio",
@@ -83,33 +92,78 @@ def device_choice() -> str:
     return st.selectbox("Device", devices, index=0, key="device")
 
 
+def processes_choice(device: str) -> int:
+    """How many processes compute the run (torchrun, one per GPU); offered only on several GPUs.
+
+    On the CPU or one GPU the run is one process, and no widget is shown.
+    """
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    if gpus <= 1:
+        return 1
+    return int(st.number_input(
+        "Processes (one per GPU)", 1, gpus, gpus, key="processes",
+        help="More than one starts the run with torchrun on this machine: each process "
+        "captures its share of the training set on its own GPU (docs/scale.md).",
+    ))  # fmt: skip
+
+
+def combination_choice(trajectory: list) -> str | None:
+    """For a training trajectory: what it is, and how its checkpoints' scores are combined.
+
+    Returns:
+        The combination, or None for a run of one checkpoint.
+    """
+    if not trajectory:
+        return None
+    when = views.epochs_text([runs.checkpoint_epoch(checkpoint) for checkpoint in trajectory])
+    st.info(
+        f"One run over the **{len(trajectory)} checkpoints** of a training trajectory"
+        f"{f' ({when})' if when else ''}: one run per checkpoint with this configuration, then "
+        "their scores combined. The Label-issues page ranks by the combination and shows when "
+        "in training each suspect was learned.",
+        icon=":material/timeline:",
+    )
+    return st.selectbox(
+        "Combination", COMBINATIONS, index=COMBINATIONS.index(DEFAULT_COMBINATION),
+        key="combination",
+        help="`tracin`: the learning-rate-weighted mean of the scores (TracIn's sum over "
+        "checkpoints); `rank`: the mean rank; `standardised`: the mean z-score.",
+    )  # fmt: skip
+
+
 def estimate_panel(
-    context: state.Context, compression: CompressionConfig, curvature: CurvatureConfig
+    context: state.Context,
+    compression: CompressionConfig,
+    curvature: CurvatureConfig,
+    models_count: int = 1,
 ) -> None:
-    """The resulting k, store size and a time estimate for the chosen config."""
+    """The resulting k, store size and a time estimate for the chosen config (all models)."""
     try:
         estimate = cache.run_estimate(context, compression, curvature)
     except DropinfError as error:
         ui.show_error(error)
         return
+    each = f" ({models_count} checkpoints)" if models_count > 1 else ""
     cols = st.columns(3)
     cols[0].metric("Compressed dimension k", f"{estimate.k:,}")
-    cols[1].metric("Gradient store", views.human_bytes(estimate.store_bytes))
+    cols[1].metric("Gradient store" + each, views.human_bytes(estimate.store_bytes * models_count))
     cols[2].metric(
-        "Estimated time",
-        f"≈ {views.human_seconds(estimate.seconds)}",
+        "Estimated time" + each,
+        f"≈ {views.human_seconds(estimate.seconds * models_count)}",
         help="The job's start-up, a timed capture batch, and the curvature algebra and "
-        "scoring at this machine's measured speed; on a busy machine it takes longer.",
+        "scoring at this machine's measured speed (once per checkpoint); on a busy machine it "
+        "takes longer.",
     )
 
 
 STARTED_KEY = "compute_started"
 
 
-def start(request: runs.RunRequest, run_dir: Path) -> None:
+def start(request: runs.RunRequest, run_dir: Path, processes: int = 1) -> None:
     """Start (or resume) the compute job of a request and make its run current."""
     try:
-        cache.job_runner().start(compute_command(request, run_dir), run_dir)
+        command = compute_command(request, run_dir, processes=processes)
+        cache.job_runner().start(command, run_dir)
     except DropinfError as error:
         ui.show_error(error)
         return
@@ -123,14 +177,17 @@ PHASES = {
     "curvature": "Fitting the curvature",
     "self_influence": "Computing self-influence",
     "test_scores": "Scoring the test set",
+    "ensemble": "Combining the checkpoints' scores (ensemble)",
     "done": "Finishing",
 }
 
 
-def run_panel(request: runs.RunRequest, run_dir: Path) -> None:
+def run_panel(request: runs.RunRequest, run_dir: Path, processes: int = 1) -> None:
     """What the run of this config is doing: finished (reuse), running, stopped, or absent."""
     status = cache.job_runner().status(run_dir)
-    st.caption(f"Run key `{run_dir.name}` (model + data + config, content-addressed)")
+    models = f"{len(request.checkpoints)} checkpoints" if request.is_ensemble else "model"
+    combined = f" + {request.combination}" if request.is_ensemble else ""
+    st.caption(f"Run key `{run_dir.name}` ({models} + data + config{combined}, content-addressed)")
     if status.state == "complete":
         complete_panel(run_dir)
     elif status.state in ("queued", "running"):
@@ -138,10 +195,10 @@ def run_panel(request: runs.RunRequest, run_dir: Path) -> None:
     elif status.state in ("failed", "cancelled"):
         st.warning(f"The run was {status.state}." + (f" {status.error}" if status.error else ""))
         if st.button("Resume", type="primary", icon=":material/play_arrow:", key="resume"):
-            start(request, run_dir)
+            start(request, run_dir, processes)
             st.rerun()
     elif st.button("Start", type="primary", icon=":material/play_arrow:", key="start"):
-        start(request, run_dir)
+        start(request, run_dir, processes)
         st.rerun()
 
 
@@ -177,10 +234,13 @@ st.title("Compute influence")
 if (context := ui.require_context()) is not None:
     try:
         loaded, bundle = cache.load_context(context)
+        trajectory = cache.trajectory(context)
+        combination = combination_choice(trajectory)
         compression = compression_form()
         curvature = curvature_form()
         device = device_choice()
-        estimate_panel(context, compression, curvature)
+        processes = processes_choice(device)
+        estimate_panel(context, compression, curvature, max(len(trajectory), 1))
         arch, arch_args = cache.job_architecture(context)
         request = runs.RunRequest(
             checkpoint=Path(context.checkpoint),
@@ -190,10 +250,13 @@ if (context := ui.require_context()) is not None:
             device=device,
             arch=arch,
             arch_args=arch_args,
+            checkpoints=tuple(Path(path) for path in context.checkpoints),
+            combination=combination,
         )
-        run_dir = runs.run_dir_for(request, loaded.sha256, bundle.fingerprint)
+        digests = [checkpoint.sha256 for checkpoint in trajectory] or loaded.sha256
+        run_dir = runs.run_dir_for(request, digests, bundle.fingerprint)
     except DropinfError as error:
         ui.show_error(error)
     else:
-        run_panel(request, run_dir)
+        run_panel(request, run_dir, processes)
 runs_table()

@@ -12,6 +12,7 @@ from dropinf.data import DatasetBundle
 from dropinf.errors import DropinfError
 from dropinf.review import RunReview
 from pages import _cache as cache
+from pages import _review_widgets as panels
 from pages import _state as state
 from pages import _widgets as ui
 
@@ -124,6 +125,7 @@ def train_detail(review: RunReview, bundle: DatasetBundle, scores: np.ndarray, i
     right.metric("Given label", bundle.class_name(int(meta["label"][index])))
     right.metric("Predicted", bundle.class_name(int(meta["prediction"][index])))
     right.metric("Self-influence", f"{float(review.self_influence[index]):.3g}")
+    panels.trajectory_panel(review, bundle, index, key="detail_trajectory")
     column = np.asarray(scores[:, index])  # (n_test,)
     test_meta = review.store.test_metadata()
     for title, sign in (

@@ -86,6 +86,7 @@ def item_card(
     cols[0].metric("Suggested", bundle.class_name(suggested), help=SUGGESTION_HELP)
     cols[1].metric("Rank", f"{int(item['rank']):,}")
     actions(review, bundle, index, suggested)
+    panels.trajectory_panel(review, bundle, index, key="card_trajectory")
     st.markdown("**Its strongest proponents** (up-weighting them helps its given label most)")
     proponents = cache.proponents_table(review, context, index, PROPONENTS_SHOWN)
     suspects = review.suspects()

@@ -12,6 +12,7 @@ import streamlit as st
 
 from dropinf import dashboard as views
 from dropinf import data, models, paths
+from dropinf import run as runs
 from dropinf.errors import ConfigError, DropinfError
 from pages import _cache as cache
 from pages import _state as state
@@ -33,9 +34,15 @@ def demo_panel() -> None:
         captions=[DEMO_NOTES.get(name, models.DEMO_PRESETS[name].description)
                   for name in models.DEMO_PRESETS],
     )  # fmt: skip
+    whole = st.toggle(
+        "Its whole training trajectory", key="demo_trajectory",
+        help="The checkpoints kept while the demo trained (epochs 1, 2, 4, 8, … and the last): "
+        "one run over all of them combines their scores, which finds the flipped labels a "
+        "model that memorised them hides, and shows when in training each one was learned.",
+    )  # fmt: skip
     if st.button("Load the demo", type="primary", icon=":material/rocket_launch:", key="load_demo"):
         try:
-            context = cache.ensure_demo(preset)
+            context = cache.ensure_demo(preset, whole_trajectory=whole)
         except DropinfError as error:
             ui.show_error(error)
             return
@@ -85,19 +92,57 @@ def picker(label: str, found: list[str], target: str, key: str) -> None:
     )  # fmt: skip
 
 
-def checkpoint_input(finds: views.Finds) -> tuple[Path | None, str]:
-    """The checkpoint widgets (upload, or a path on the server picked or typed).
+CHECKPOINT_SOURCES = ["Upload", "Path on the server", "Several: a training trajectory"]
+
+
+def checkpoint_input(finds: views.Finds) -> tuple[list[Path], str]:
+    """The checkpoint widgets (upload, a path on the server picked or typed, or several).
 
     Returns:
-        The checkpoint's path once given (else None), and the name to show for it (an upload's
-        original file name, not its stored, hash-prefixed one).
+        The checkpoint paths once given (else []; several for a trajectory, in no particular
+        order yet), and the name to show for one (an upload's original file name, not its
+        stored, hash-prefixed one).
+
+    Raises:
+        ConfigError: A path outside the data root, a missing file, or a bad upload name.
+        CheckpointError: A folder without checkpoints.
+    """
+    source = st.radio("Checkpoint", CHECKPOINT_SOURCES, horizontal=True, key="ckpt_source")
+    if source == CHECKPOINT_SOURCES[2]:
+        return trajectory_input(finds), ""
+    checkpoint, name = single_checkpoint_input(finds, source)
+    return ([checkpoint] if checkpoint is not None else []), name
+
+
+def trajectory_input(finds: views.Finds) -> list[Path]:
+    """A folder of checkpoints (picked or typed), or several checkpoint files picked.
+
+    Raises:
+        ConfigError: A path outside the data root, or missing.
+        CheckpointError: A folder without checkpoints.
+    """
+    picker("Checkpoint folders found", finds.checkpoint_folders, "ckpts_folder", "ckpts_pick")
+    folder = st.text_input(
+        "Checkpoint folder", key="ckpts_folder",
+        help="A folder of checkpoints of one model saved while it trained (`python -m dropinf "
+        f"train … --save-checkpoints DIR`), relative to the data root {paths.data_root()}.",
+    )  # fmt: skip
+    files = st.multiselect(
+        "…or several checkpoint files", finds.checkpoints, key="ckpts_files",
+        disabled=bool(folder.strip()), placeholder=PICK_PLACEHOLDER,
+    )  # fmt: skip
+    sources = [folder] if folder.strip() else files
+    if not sources:
+        return []
+    return views.trajectory_files([paths.path_under_data_root(text) for text in sources])
+
+
+def single_checkpoint_input(finds: views.Finds, source: str) -> tuple[Path | None, str]:
+    """One checkpoint: uploaded, or a path on the server picked or typed.
 
     Raises:
         ConfigError: A path outside the data root, a missing file, or a bad upload name.
     """
-    source = st.radio(
-        "Checkpoint", ["Upload", "Path on the server"], horizontal=True, key="ckpt_source"
-    )
     if source == "Upload":
         upload = st.file_uploader(
             "Checkpoint (.safetensors, .pt or .pth)",
@@ -177,11 +222,14 @@ def own_model_panel() -> None:
     finds = views.find_inputs(paths.data_root())
     data_root_note(finds)
     arch, arch_args = architecture_input()
-    (checkpoint, name), checkpoint_ok = guarded(lambda: checkpoint_input(finds), (None, ""))
+    (checkpoints, name), checkpoint_ok = guarded(lambda: checkpoint_input(finds), ([], ""))
     spec, spec_ok = guarded(lambda: dataset_input(finds), "")
-    ready = checkpoint is not None and bool(spec) and checkpoint_ok and spec_ok
+    ready = bool(checkpoints) and bool(spec) and checkpoint_ok and spec_ok
     if st.button("Load model and data", type="primary", key="load_own", disabled=not ready):
-        load_own(checkpoint, name, spec, arch, arch_args or {})
+        if len(checkpoints) == 1:
+            load_own(checkpoints[0], name, spec, arch, arch_args or {})
+        else:
+            load_trajectory(checkpoints, spec, arch, arch_args or {})
 
 
 def load_own(checkpoint: Path, name: str, spec: str, arch: str | None, arch_args: dict) -> None:
@@ -202,6 +250,36 @@ def load_own(checkpoint: Path, name: str, spec: str, arch: str | None, arch_args
     ui.open_context(context)
 
 
+def load_trajectory(files: list[Path], spec: str, arch: str | None, arch_args: dict) -> None:
+    """Open the context of several checkpoints (in epoch order) + dataset, or say why not."""
+    arguments = json.dumps(arch_args, sort_keys=True)
+    try:
+        checkpoints = cache.trajectory_paths(files, arch, arguments)
+    except DropinfError as error:
+        ui.show_error(error)
+        return
+    context = state.Context(
+        checkpoint=checkpoints[-1], data_spec=spec, arch=arch, arch_args=arguments,
+        title=state.trajectory_title([Path(path) for path in checkpoints]),
+        checkpoints=checkpoints,
+    )  # fmt: skip
+    ui.open_context(context)
+
+
+def trajectory_note(context: state.Context) -> None:
+    """For a training trajectory: how many checkpoints, their epochs, and what the summary shows."""
+    if not context.checkpoints:
+        return
+    epochs = [runs.checkpoint_epoch(checkpoint) for checkpoint in cache.trajectory(context)]
+    when = views.epochs_text(epochs)
+    st.info(
+        f"A training trajectory of **{len(context.checkpoints)} checkpoints**"
+        f"{f' ({when})' if when else ''}: Compute makes one run over all of them and combines "
+        "their scores. The summary below is the last checkpoint's (the final model).",
+        icon=":material/timeline:",
+    )
+
+
 def summary(context: state.Context) -> None:
     """Parameters, capturable layers, accuracy and class balance of the loaded pair."""
     try:
@@ -211,6 +289,7 @@ def summary(context: state.Context) -> None:
         ui.show_error(error)
         return
     st.subheader("Loaded")
+    trajectory_note(context)
     st.caption(
         f"`{loaded.arch}` from `{context.title or Path(loaded.path).name}` · dataset "
         f"`{bundle.spec}` with {len(bundle.train):,} training and {len(bundle.test):,} test "

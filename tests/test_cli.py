@@ -376,3 +376,39 @@ def test_bad_max_kept_units_is_an_error(checkpoint: Path, tmp_path: Path, capsys
         compute_args(checkpoint, tmp_path / "r", "--max-kept-units", value), capsys
     )
     assert status == 2 and "expected a positive integer or none" in stderr
+
+
+# ----------------------------------------------------------- several processes, several checkpoints
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+
+
+@pytest.mark.parametrize("processes", [2, 8])
+def test_compute_command_with_processes_starts_torchrun_on_the_same_compute(processes: int):
+    request = RunRequest(Path("m.pt"), "digits", CompressionConfig(), CurvatureConfig(), "cuda")
+    one = compute_command(request, "/runs/x")
+    several = compute_command(request, "/runs/x", processes=processes)
+    assert several[:6] == [sys.executable, *TORCHRUN, str(processes)]
+    assert several[6:] == one[1:], "torchrun runs `-m dropinf compute` with the same options"
+    assert compute_command(request, "/runs/x", processes=1) == one
+
+
+@pytest.mark.parametrize("processes", [0, -1, 1.5, True, "2"])
+def test_compute_command_refuses_a_process_count_that_is_not_a_positive_integer(processes):
+    request = RunRequest(Path("m.pt"), "digits", CompressionConfig(), CurvatureConfig())
+    with pytest.raises(ConfigError, match="processes: expected a positive integer"):
+        compute_command(request, "/runs/x", processes=processes)
+
+
+def test_compute_command_of_a_trajectory_request_names_every_checkpoint_in_order():
+    paths = (Path("ckpts/epoch-1.pt"), Path("ckpts/epoch-4.pt"), Path("ckpts/epoch-12.pt"))
+    request = RunRequest(paths[-1], "digits", CompressionConfig(), CurvatureConfig(),
+                         checkpoints=paths, combination="rank")  # fmt: skip
+    command = compute_command(request, "/runs/x", processes=2)
+    args = build_parser().parse_args(command[8:])  # after torchrun's options and `-m dropinf`
+    assert command[5:8] == ["2", "-m", "dropinf"]
+    assert args.model == list(paths) and args.combination == "rank"
+    assert compute_request(args) == RunRequest(paths[-1], "digits", CompressionConfig(),
+                                               CurvatureConfig())  # fmt: skip
+    explicit = compute_command(request, "/runs/x", [paths[0], paths[-1]], "standardised")
+    assert parse(explicit).model == [paths[0], paths[-1]]  # given arguments win
+    assert parse(explicit).combination == "standardised"

@@ -33,7 +33,8 @@ def compute_request(args: argparse.Namespace) -> RunRequest:
     """The run request that parsed ``compute`` arguments ask for.
 
     Without ``--device``, the device is the one the engine would pick (CUDA when present). Its
-    checkpoint is the (last) ``--model`` given: a file, or a folder of checkpoints.
+    checkpoint is the (last) ``--model`` given: a file, or a folder of checkpoints (the
+    handler reads every ``--model`` and ``--combination`` itself).
 
     Raises:
         ConfigError: A config value is out of range (e.g. ``--keep-ratio 2``).
@@ -64,29 +65,41 @@ def compute_command(
     run_dir: str | Path,
     checkpoints: Sequence[str | Path] | None = None,
     combination: str | None = None,
+    processes: int = 1,
 ) -> list[str]:
     """The CLI command that computes (or resumes) a request's run.
 
     A request whose checkpoint is a folder of checkpoints computes a run over all of them, as
-    does one given ``checkpoints``.
+    does one with ``checkpoints`` (given here or in ``request.checkpoints``). With several
+    ``processes``, the command is ``torch.distributed.run`` (torchrun) starting that many on
+    this machine (``--standalone``), each running ``-m dropinf compute`` on its share.
 
     Args:
         request: The run request.
         run_dir: Where the run is written.
         checkpoints: Several checkpoints to compute one run over, in training order; the last
-            must be ``request.checkpoint``. None: ``request.checkpoint`` alone.
-        combination: How several checkpoints' scores are combined; None: the default.
+            must be ``request.checkpoint``. None: ``request.checkpoints``, else
+            ``request.checkpoint`` alone.
+        combination: How several checkpoints' scores are combined; None:
+            ``request.combination``, else the CLI's default.
+        processes: Processes computing the run together (one per GPU); 1 runs it in one.
 
     Returns:
-        An argv list starting with ``sys.executable -m dropinf compute``; ``compute_request``
-        of its parsed arguments is ``request``.
+        An argv list starting with ``sys.executable -m dropinf compute`` (one process) or
+        ``sys.executable -m torch.distributed.run --standalone --nproc-per-node P -m dropinf
+        compute``; ``compute_request`` of the parsed ``compute`` arguments is ``request``
+        (without its ``checkpoints`` and ``combination``, spelled as ``--model`` values and
+        ``--combination``).
 
     Raises:
         ConfigError: The request sets an option the CLI cannot pass on (the job would compute
-            a different run than its key names).
+            a different run than its key names), or ``processes`` is below 1.
     """
     compression, curvature = request.compression, request.curvature
     _check_expressible(compression, curvature)
+    if checkpoints is None and request.checkpoints:
+        checkpoints = request.checkpoints
+    combination = combination if combination is not None else request.combination
     models = _model_arguments(request, checkpoints)
     cap = compression.max_kept_units
     options = {
@@ -110,7 +123,21 @@ def compute_command(
     if combination is not None:
         options["--combination"] = combination
     spelled_models = [token for model in models for token in _spell({"--model": model})]
-    return [sys.executable, "-m", "dropinf", "compute", *spelled_models, *_spell(options)]
+    program = ["-m", "dropinf", "compute", *spelled_models, *_spell(options)]
+    return [sys.executable, *_launcher(processes), *program]
+
+
+def _launcher(processes: int) -> list[str]:
+    """What runs ``-m dropinf``: Python itself, or torchrun starting ``processes`` of it.
+
+    Raises:
+        ConfigError: ``processes`` is not a positive integer.
+    """
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ConfigError(f"processes: expected a positive integer, found {processes!r}")
+    if processes == 1:
+        return []
+    return ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
 
 
 def _model_arguments(request: RunRequest, checkpoints: Sequence[str | Path] | None) -> list[str]:

@@ -4,8 +4,10 @@ Figure builders (``figures``: histogram, detection curves, before / after; ``map
 gradient map scatter and its selections), ``tables`` (data frames the pages show), ``captions``
 (escaped HTML), ``images`` (thumbnails), ``humanize`` (sizes and durations), ``style`` (colours,
 escaped plotly text), ``review_text`` (the review pages' metric cells and sentences),
-``suggestions`` (the queue's suggested labels from influence rows) and ``gradient_map`` (the UMAP
-of a run's stored gradients, run as a background job). Never imports streamlit; plotly is
+``suggestions`` (the queue's suggested labels from influence rows), ``trajectory`` (runs over
+several checkpoints: the files loaded, the job's progress per checkpoint, and when in training
+an example was learned) and ``gradient_map`` (the UMAP of a run's stored gradients, run as a
+background job). Never imports streamlit; plotly is
 imported here only, and umap only inside the background job. May import every layer below it
 (review, engine, run, models, data, metrics, core); ``import dropinf`` does not import this
 package.
@@ -66,6 +68,15 @@ from dropinf.dashboard.tables import (
     runs_table,
     top_influences,
 )
+from dropinf.dashboard.trajectory import (
+    checkpoint_epochs,
+    ensemble_progress_text,
+    epochs_text,
+    learned_sentence,
+    ordered_trajectory,
+    trajectory_figure,
+    trajectory_files,
+)
 
 __all__ = [
     "MAP_JOB",
@@ -80,6 +91,7 @@ __all__ = [
     "Finds",
     "auc_gap_sentence",
     "before_after_figure",
+    "checkpoint_epochs",
     "class_balance",
     "clicked_confusion",
     "comparison_cells",
@@ -87,6 +99,8 @@ __all__ = [
     "detection_curve",
     "detection_curve_figure",
     "detection_table",
+    "ensemble_progress_text",
+    "epochs_text",
     "example_indices",
     "find_inputs",
     "flip_matrix_figure",
@@ -100,8 +114,10 @@ __all__ = [
     "influence_rows",
     "influence_sections",
     "layer_table",
+    "learned_sentence",
     "load_gradient_map",
     "module_path",
+    "ordered_trajectory",
     "reduced_gradients",
     "retrain_cells",
     "run_name",
@@ -115,6 +131,8 @@ __all__ = [
     "top_indices",
     "top_influences",
     "train_caption_html",
+    "trajectory_figure",
+    "trajectory_files",
     "upscale_nearest",
     "with_thumbnails",
 ]

@@ -9,9 +9,9 @@ without walking into it.
 from __future__ import annotations
 
 import os
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from dropinf.data import IMAGE_SUFFIXES
 
@@ -35,6 +35,12 @@ class Finds:
     datasets: list[str] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
     truncated: bool = False
+
+    @property
+    def checkpoint_folders(self) -> list[str]:
+        """Folders holding at least two of ``checkpoints`` (e.g. a training trajectory), sorted."""
+        counts = Counter(PurePosixPath(path).parent.as_posix() for path in self.checkpoints)
+        return sorted(folder for folder, count in counts.items() if count >= 2)
 
 
 def find_inputs(root: str | Path, max_depth: int = MAX_DEPTH) -> Finds:

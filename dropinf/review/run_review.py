@@ -6,7 +6,8 @@ session may have changed them). Deciding and undoing go through the history in t
 every decision is reversible in order, across reruns and sessions.
 
 A run over several checkpoints (``dropinf.run.ensemble``) is reviewed by its combined scores: the
-queue ranks by the ensemble's leave-one-out estimate, and ``self_influence`` is the combined one.
+queue ranks by the ensemble's leave-one-out estimate, and ``self_influence`` is the combined one;
+``trajectory`` says, checkpoint by checkpoint, how each example was scored and predicted.
 """
 
 from __future__ import annotations
@@ -82,6 +83,49 @@ class RunReview:
         if ensemble_section(self.store.manifest_or_none()) is None:
             return None
         return EnsembleStore(self.store).load_scores()
+
+    def checkpoint_epochs(self) -> list[int | None]:
+        """The epoch each checkpoint of an ensemble run was taken after (None where unknown).
+
+        Empty for a run of one model.
+        """
+        section = ensemble_section(self.store.manifest_or_none()) or {}
+        epochs = [entry.get("epoch") for entry in section.get("checkpoints") or []]
+        return [epoch if isinstance(epoch, int) else None for epoch in epochs]
+
+    def trajectory(self, index: int) -> pd.DataFrame | None:
+        """One training example along the checkpoints of an ensemble run; None for one model.
+
+        Args:
+            index: The training example.
+
+        Returns:
+            One row per checkpoint, in training order: ``checkpoint`` (1-based), ``epoch`` (the
+            epoch, or None), ``self_influence``, ``loss``, ``leave_one_out_loss`` (the
+            checkpoint's own mislabel score, ``loss + self_influence / N``), ``prediction``
+            and ``learned`` (True where the checkpoint predicted the given label).
+
+        Raises:
+            IndexError: ``index`` is not a training example.
+        """
+        arrays = self.ensemble
+        if arrays is None:
+            return None
+        self_influence = arrays["checkpoint_self_influence"]  # (C, n_train)
+        n_train = self_influence.shape[1]
+        if not 0 <= index < n_train:
+            raise IndexError(f"expected a training index in [0, {n_train}), found {index}")
+        losses, predictions = arrays["checkpoint_loss"], arrays["checkpoint_prediction"]
+        epochs = self.checkpoint_epochs()
+        return pd.DataFrame({
+            "checkpoint": np.arange(1, len(self_influence) + 1),
+            "epoch": pd.array(epochs + [None] * (len(self_influence) - len(epochs)), "Int64"),
+            "self_influence": self_influence[:, index],
+            "loss": losses[:, index],
+            "leave_one_out_loss": losses[:, index] + self_influence[:, index] / n_train,
+            "prediction": predictions[:, index].astype(int),
+            "learned": predictions[:, index] == int(self.metadata["label"][index]),
+        })  # fmt: skip
 
     def scores(self) -> dict[str, np.ndarray]:
         """The mislabel scores by display name, ``PRIMARY_SCORE`` (the queue's order) first.

@@ -1,21 +1,24 @@
 """Content-addressed runs: what a run is asked for, its key and directory, and the listing.
 
 A run is named by what determines its scores: the checkpoint's sha256, the data fingerprint and
-the compression and curvature configs. The same request therefore always maps to the same run
-directory under ``paths.runs_dir()``, which is reused after a server restart and shared by every
-browser session.
+the compression and curvature configs; a run over several checkpoints by every checkpoint's
+sha256 in order and how their scores are combined. The same request therefore always maps to the
+same run directory under ``paths.runs_dir()``, which is reused after a server restart and shared
+by every browser session.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dropinf import paths
 from dropinf.core import CompressionConfig, CurvatureConfig
+from dropinf.errors import ConfigError
 from dropinf.run.jobs import COMPUTE_JOB, job_file, job_status, read_run_manifest
 
 
@@ -33,6 +36,10 @@ class RunRequest:
         arch: Architecture the checkpoint is loaded with (``--arch``), or None for its sidecar's;
             part of the checkpoint's identity in the run key when given.
         arch_args: Its arguments (``--arch-args``), or None for the saved ones (or none).
+        checkpoints: For a run over several checkpoints: all of them in training order, the
+            last being ``checkpoint`` (the final model); empty for a run of one checkpoint.
+        combination: How several checkpoints' scores are combined (``dropinf.engine``'s
+            ``COMBINATIONS``); required with ``checkpoints``, None for one checkpoint.
     """
 
     checkpoint: Path
@@ -43,27 +50,46 @@ class RunRequest:
     batch_size: int = 256
     arch: str | None = None
     arch_args: dict[str, Any] | None = None
+    checkpoints: tuple[Path, ...] = ()
+    combination: str | None = None
+
+    @property
+    def is_ensemble(self) -> bool:
+        """True for a run over several checkpoints."""
+        return len(self.checkpoints) > 1
 
 
-def run_key(request: RunRequest, checkpoint_sha256: str, data_fingerprint: str) -> str:
+def run_key(
+    request: RunRequest, checkpoint_sha256: str | Sequence[str], data_fingerprint: str
+) -> str:
     """The content address of a run: 16 hex digits of a sha256.
 
     Only what changes the scores enters the key: the checkpoint's identity, the data contents
     and the two configs. The checkpoint's identity is its sha256, plus the request's ``arch`` and
     ``arch_args`` when it names them (the same weights under another architecture are another
     model; a request relying on the sidecar keeps the key it always had). The checkpoint's
-    path, the data spec's spelling, the device and the batch size do not enter it.
+    path, the data spec's spelling, the device, the batch size and the number of processes do
+    not enter it.
+
+    A run over several checkpoints (``request.checkpoints``) is named by every checkpoint's
+    sha256, in order, and the combination instead of the one sha256; a run of one checkpoint
+    keeps the key it always had (given its sha256 alone or in a list of one).
 
     Args:
         request: The run request.
-        checkpoint_sha256: sha256 of the checkpoint file.
+        checkpoint_sha256: sha256 of the checkpoint file; for a run over several checkpoints,
+            the sha256 of each of ``request.checkpoints``, in their order.
         data_fingerprint: The dataset bundle's fingerprint.
 
     Returns:
         The run key.
+
+    Raises:
+        ConfigError: The sha256s do not match ``request.checkpoints`` one for one, or a run over
+            several checkpoints names no combination.
     """
-    identity = {
-        "checkpoint_sha256": checkpoint_sha256,
+    identity: dict[str, Any] = {
+        **_checkpoint_identity(request, checkpoint_sha256),
         "data_fingerprint": data_fingerprint,
         "compression": request.compression.to_dict(),
         "curvature": request.curvature.to_dict(),
@@ -74,7 +100,33 @@ def run_key(request: RunRequest, checkpoint_sha256: str, data_fingerprint: str) 
     return hashlib.sha256(encoded).hexdigest()[:16]
 
 
-def run_dir_for(request: RunRequest, checkpoint_sha256: str, data_fingerprint: str) -> Path:
+def _checkpoint_identity(
+    request: RunRequest, checkpoint_sha256: str | Sequence[str]
+) -> dict[str, Any]:
+    """The key's checkpoint fields: one sha256, or all of them in order and the combination.
+
+    Raises:
+        ConfigError: See ``run_key``.
+    """
+    digests = [checkpoint_sha256] if isinstance(checkpoint_sha256, str) else list(checkpoint_sha256)
+    expected = max(len(request.checkpoints), 1)
+    if len(digests) != expected:
+        raise ConfigError(
+            f"checkpoint_sha256: expected one sha256 per checkpoint of the request ({expected}), "
+            f"found {len(digests)}"
+        )
+    if not request.is_ensemble:
+        return {"checkpoint_sha256": digests[0]}
+    if not request.combination:
+        raise ConfigError(
+            "combination: expected how the scores of several checkpoints are combined, found none"
+        )
+    return {"checkpoints_sha256": digests, "combination": request.combination}
+
+
+def run_dir_for(
+    request: RunRequest, checkpoint_sha256: str | Sequence[str], data_fingerprint: str
+) -> Path:
     """The run directory of a request: ``paths.runs_dir() / run_key(...)`` (not created)."""
     return paths.runs_dir() / run_key(request, checkpoint_sha256, data_fingerprint)
 

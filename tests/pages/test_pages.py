@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from dropinf.core import CompressionConfig
+
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
 PAGES = [
@@ -127,6 +129,7 @@ def test_compute_finishes_and_is_reused(computed_app: AppTest, home: Path) -> No
     assert any("The run finished" in s.value for s in at.success), [e.value for e in at.error]
     manifest = json.loads((run_dir_of(at, home) / "manifest.json").read_text())
     assert manifest["status"] == "complete"
+    assert at.radio(key="mask").value == manifest["compression"]["mask"] == CompressionConfig().mask
     assert at.query_params["run"] == run_dir_of(at, home).name
     assert len(at.dataframe) >= 1, "the runs table lists the run"
     fresh = new_app()

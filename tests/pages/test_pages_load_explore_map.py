@@ -120,7 +120,7 @@ def test_a_refused_input_says_so_and_the_command_carries_the_arch(
 
     requests = []
 
-    def refusing_command(request: object, run_dir: object) -> list[str]:
+    def refusing_command(request: object, run_dir: object, **options: object) -> list[str]:
         requests.append(request)
         return [sys.executable, "-c", REFUSING_JOB]
 
