@@ -107,9 +107,11 @@ class Settings:
     def describe(self) -> str:
         """The settings in words, for the report."""
         compression, curvature = self.compression(), self.curvature_config()
+        ratio = curvature.damping_ratio
+        damping = "the kind's default" if ratio is None else f"{ratio:g}"
         return (
             f"mask {compression.mask}, keep {compression.keep_ratio:g}, curvature "
-            f"{curvature.kind}, damping ratio {curvature.damping_ratio:g}"
+            f"{curvature.kind}, damping ratio {damping}"
         )
 
 

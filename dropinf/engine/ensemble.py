@@ -94,7 +94,10 @@ def combine_scores(
     """Combine scores across checkpoints, each row over its last axis (the training examples).
 
     ``rank``: the mean over checkpoints of each score's rank among the training examples, as a
-    share in (0, 1] (ties share their mean rank); scale-free, so no checkpoint dominates.
+    share in (0, 1] (ties share their mean rank); scale-free, so no checkpoint dominates. Fit for
+    ranking suspects, not for attribution: summed over a subset, rank shares lose the magnitudes
+    that make a few examples decisive (peers-grid LDS 0.17–0.45, below the final model alone;
+    bench/RESULTS.md §9).
     ``standardised``: the mean of the scores standardised per checkpoint (zero mean, unit
     variance over the training examples). ``tracin``: the learning-rate-weighted mean of the raw
     scores (TracIn's sum over checkpoints, divided by the summed rates: the same order), uniform
