@@ -206,7 +206,7 @@ class RunStore:
         for folder in (self.run_dir, *self.run_dir.parents):
             if folder.is_dir():
                 break
-            if folder.exists() or folder.is_symlink():
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):  # not made since
                 raise RunDirectoryError(
                     f"expected a folder for the run at {self.run_dir}, found a file at {folder}"
                 )

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from test_browser import LONG, ROOT, box_select, chromium, new_page, serve, settle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -52,11 +53,11 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_the_load_page_offers_what_lies_under_the_data_root(app_url: str, chromium: object):
     page = new_page(chromium)
     page.goto(app_url)
+    settle(page)
     page.get_by_role("tab", name="Bring a model").click()
     page.get_by_text("Data root").wait_for()
     assert page.get_by_text("DROPINF_DATA_ROOT=").count() > 0
-    page.get_by_test_id("stSelectbox").filter(has_text="Datasets found").click()
-    page.get_by_role("option", name="blobs.npz").click()
+    open_dropdown(page, "Datasets found", "blobs.npz").click()
     settle(page)
     assert page.get_by_label("Dataset", exact=True).input_value() == "blobs.npz"
     page.get_by_label("Dataset", exact=True).fill("/etc/passwd")
@@ -64,6 +65,24 @@ def test_the_load_page_offers_what_lies_under_the_data_root(app_url: str, chromi
     page.get_by_text("inside the data root").first.wait_for()
     assert page.get_by_label("Dataset", exact=True).is_visible(), "the form stays"
     assert page.get_by_role("button", name="Load model and data").is_visible()
+
+
+def open_dropdown(page: object, label: str, option: str, attempts: int = 3) -> object:
+    """Open the selectbox showing ``label`` until ``option`` is listed; returns the option.
+
+    A rerun that lands just after the click closes the list again, so the click is repeated.
+    """
+    choice = page.get_by_role("option", name=option)
+    for _ in range(attempts):
+        settle(page)
+        page.get_by_test_id("stSelectbox").filter(has_text=label).click()
+        try:
+            choice.wait_for(timeout=10_000)
+            return choice
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+    choice.wait_for(timeout=10_000)  # the last chance fails with playwright's own message
+    return choice
 
 
 def selected_count(page: object) -> int:

@@ -250,6 +250,23 @@ def test_a_holder_that_has_not_yet_written_its_pid_is_still_named(tmp_path: Path
         os.close(descriptor)
 
 
+def test_a_folder_another_writer_makes_meanwhile_is_not_taken_for_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, is_dir, looked = tmp_path / "run", Path.is_dir, []
+    run.mkdir()
+
+    def made_just_after_the_first_look(path: Path) -> bool:
+        if path == run and not looked:
+            looked.append(path)
+            return False  # another `compute` creates it between this look and the next
+        return is_dir(path)
+
+    monkeypatch.setattr(Path, "is_dir", made_just_after_the_first_look)
+    RunStore(run).check_location()  # the CI race: "expected a folder …, found a file"
+    assert looked == [run]
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("integrity") / "mlp.safetensors"
