@@ -58,7 +58,6 @@ from dropinf.review.ranking import (
     leave_one_out_loss,
     mislabel_scores,
     review_queue,
-    suggested_label,
     suspect_mask,
     suspicion,
 )
@@ -113,7 +112,6 @@ __all__ = [
     "review_status",
     "save_decisions",
     "suggest_labels",
-    "suggested_label",
     "suspect_mask",
     "suspect_ranks",
     "suspects_csv",

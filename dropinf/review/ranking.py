@@ -165,21 +165,3 @@ def mislabel_scores(self_influence: np.ndarray, losses: np.ndarray) -> dict[str,
         "training loss": np.asarray(losses, dtype=np.float64).ravel(),
     }
 
-
-def suggested_label(given_label: int, predicted_label: int, proponent_labels: Sequence[int]) -> int:
-    """The label to propose for a queue item.
-
-    The model's prediction when it disagrees with the given label; otherwise the most common
-    given label among the item's strongest proponents (ties: the label of the stronger
-    proponent); the prediction when there are no proponents.
-
-    Args:
-        given_label: The item's given label.
-        predicted_label: The model's prediction for it.
-        proponent_labels: Given labels of its strongest proponents, strongest first.
-    """
-    if int(predicted_label) != int(given_label) or len(proponent_labels) == 0:
-        return int(predicted_label)
-    labels = [int(label) for label in proponent_labels]
-    counts = {label: labels.count(label) for label in labels}  # insertion order = strength
-    return max(counts, key=counts.__getitem__)

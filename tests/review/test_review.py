@@ -340,21 +340,6 @@ def test_decided_flips():
     assert decided_flips({}, noisy) == (0, 0)
 
 
-@pytest.mark.parametrize(
-    ("given", "predicted", "proponents", "expected"),
-    [
-        (1, 2, [1, 1, 1], 2),  # the model disagrees: its prediction
-        (1, 1, [4, 3, 3, 4, 1], 4),  # a tie between 4 and 3: the stronger proponent's label
-        (1, 1, [4, 3, 3], 3),  # the most common label
-        (1, 1, [], 1),  # no proponents
-    ],
-)
-def test_suggested_label(given, predicted, proponents, expected):
-    from dropinf.review import suggested_label
-
-    assert suggested_label(given, predicted, proponents) == expected
-
-
 def test_retrain_report(tmp_path):  # the retrain command line: tests/test_cli.py
     from dropinf.review import load_retrain_report, retrain_report_path
 
