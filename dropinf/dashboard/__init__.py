@@ -8,9 +8,9 @@ escaped plotly text), ``review_text`` (the review pages' metric cells and senten
 several checkpoints: the files loaded, the job's progress per checkpoint, and when in training
 an example was learned) and ``gradient_map`` (the UMAP of a run's stored gradients, run as a
 background job). Never imports streamlit; plotly is
-imported here only, and umap only inside the background job. May import every layer below it
-(review, engine, run, models, data, metrics, core); ``import dropinf`` does not import this
-package.
+imported here only, and umap only inside the background job. May import the layers below it
+(engine, run, models, data, metrics, core), never ``review``, its independent sibling (the pages
+compose the two); ``import dropinf`` does not import this package.
 """
 
 from __future__ import annotations
