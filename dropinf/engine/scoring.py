@@ -1,6 +1,6 @@
 """Scores against a run's stored gradients: ``I(z', z) = g(z')ᵀ (F + λI)⁻¹ g(z)``.
 
-The stored training gradients are streamed chunk by chunk from shards memmapped once
+The stored training gradients are streamed chunk by chunk, one shard mapped at a time
 (``ShardReader``; memory independent of n_train); the test gradients are preconditioned once; a
 score matrix beyond a memory budget is a memmap. The fitted curvature is rebuilt from the run's
 saved state.
@@ -25,41 +25,52 @@ SCORE_CHUNK_ROWS = 4096
 
 
 class ShardReader:
-    """A run's published gradient shards, memmapped once and read in chunks.
+    """A run's published gradient shards, read in chunks, one shard mapped at a time.
 
-    Opened lazily and kept open, so repeated queries neither list the folder nor re-open the
-    files; ``reset`` forgets them (after a fit wrote new shards).
+    The shard list and row counts are read once and kept, so repeated queries do not list the
+    folder again; ``reset`` forgets them (after a fit wrote new shards). Each pass maps a shard
+    only while its chunks are read: mapped pages count in the process's resident memory, so
+    keeping every shard mapped would make it grow with n_train.
     """
 
     def __init__(self, store: RunStore, indices: Sequence[int] | None = None) -> None:
         """Read the shards of ``store`` (only those of ``indices``: one process's share)."""
         self.store, self.indices = store, indices
-        self._shards: list[np.ndarray] | None = None
+        self._rows: dict[Path, int] | None = None
 
     @property
-    def shards(self) -> list[np.ndarray]:
-        """The read-only memmaps of the published shards (of ``indices``), in row order."""
-        if self._shards is None:
-            self._shards = list(self.store.iter_gradient_shards(self.indices))
-        return self._shards
+    def shard_rows(self) -> dict[Path, int]:
+        """Rows of each published shard (of ``indices``), in row order."""
+        if self._rows is None:
+            self._rows = {
+                path: np.load(path, mmap_mode="r").shape[0]
+                for path in self.store.gradient_shard_paths(self.indices)
+            }
+        return self._rows
 
     def reset(self) -> None:
-        """Forget the open shards."""
-        self._shards = None
+        """Forget the shard list."""
+        self._rows = None
 
     def raw_chunks(self, rows: int = SCORE_CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, (≤ rows, k) memmapped slice) over the run, in order, not copied."""
+        """(first row, (≤ rows, k) memmapped slice) over the run, in order, not copied.
+
+        A shard stays mapped while a chunk of it is referenced, so a caller keeps results, not
+        chunks.
+        """
         start = 0
-        for shard in self.shards:
+        for path in self.shard_rows:
+            shard = np.load(path, mmap_mode="r")
             for offset in range(0, shard.shape[0], rows):
                 chunk = shard[offset : offset + rows]
                 yield start, chunk
                 start += chunk.shape[0]
+            del shard, chunk
 
     @property
     def n_rows(self) -> int:
         """Rows stored."""
-        return sum(shard.shape[0] for shard in self.shards)
+        return sum(self.shard_rows.values())
 
 
 def as_tensor(chunk: np.ndarray) -> torch.Tensor:

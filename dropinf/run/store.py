@@ -347,11 +347,17 @@ class RunStore:
         Raises:
             IncompleteRunError: A shard of ``indices`` is not published.
         """
-        paths = self.complete_shards() if indices is None else self._shard_paths(indices)
-        for path in paths:
+        for path in self.gradient_shard_paths(indices):
             yield np.load(path, mmap_mode="r")
 
-    def _shard_paths(self, indices: Iterable[int]) -> list[Path]:
+    def gradient_shard_paths(self, indices: Iterable[int] | None = None) -> list[Path]:
+        """The published shards' paths (or those of ``indices``), in row order.
+
+        Raises:
+            IncompleteRunError: A shard of ``indices`` is not published.
+        """
+        if indices is None:
+            return self.complete_shards()
         return [self._existing(self.shard_path(index)) for index in indices]
 
     def kronecker_states(
@@ -366,8 +372,7 @@ class RunStore:
                 another curvature kind, or a file removed by hand).
             IncompleteRunError: A shard of ``indices`` is not published.
         """
-        paths = self.complete_shards() if indices is None else self._shard_paths(indices)
-        for path in paths:
+        for path in self.gradient_shard_paths(indices):
             statistics = kronecker_path(path)
             if not statistics.is_file():
                 raise CorruptRunError(

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -427,3 +428,23 @@ def test_fit_refuses_an_empty_training_set() -> None:
 def test_unknown_device_is_refused_by_name(device: str) -> None:
     with pytest.raises(ConfigError, match=repr(device)):
         resolve_device(device)
+
+
+def mapped_shards(run_dir) -> list[str]:
+    """The run's gradient shards this process has mapped into its memory (Linux)."""
+    lines = Path("/proc/self/maps").read_text().splitlines()
+    return [line for line in lines if str(run_dir) in line and "shard-" in line]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc")
+def test_no_shard_stays_mapped_after_a_fit_or_a_query(tmp_path) -> None:
+    """Mapped shard pages count in the process's RSS: a pass unmaps each shard it has read."""
+    data = make_data("mlp", 40, seed=0)
+    engine = InfluenceEngine(
+        make_mlp(0), cross_entropy_per_sample, run_dir=tmp_path / "run", shard_rows=8
+    )
+    engine.fit(data, batch_size=8)
+    assert len(list((tmp_path / "run" / "gradients").glob("shard-*.npy"))) == 5
+    assert mapped_shards(tmp_path / "run") == []
+    engine.query(data.tensors)
+    assert mapped_shards(tmp_path / "run") == []
