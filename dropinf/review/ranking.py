@@ -164,4 +164,3 @@ def mislabel_scores(self_influence: np.ndarray, losses: np.ndarray) -> dict[str,
         "self-influence": np.asarray(self_influence, dtype=np.float64).ravel(),
         "training loss": np.asarray(losses, dtype=np.float64).ravel(),
     }
-

@@ -174,9 +174,10 @@ def test_torchrun_computes_a_run_over_several_checkpoints_like_one_process(
     )
     assert status == 0, stderr
     reference, store = RunStore(single), RunStore(several)
-    assert store.read_manifest()["ensemble"]["checkpoints"] == reference.read_manifest()[
-        "ensemble"
-    ]["checkpoints"]
+    assert (
+        store.read_manifest()["ensemble"]["checkpoints"]
+        == reference.read_manifest()["ensemble"]["checkpoints"]
+    )
     for sub_run in sorted((single / "checkpoints").iterdir()):
         sub_store = RunStore(several / "checkpoints" / sub_run.name)
         assert sub_store.read_manifest()["world_size"] == 2

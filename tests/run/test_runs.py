@@ -241,7 +241,6 @@ def test_run_written_outside_the_dashboard(tmp_path):
     assert (status.done, status.total) == (4, 10)
 
 
-
 def test_a_run_over_checkpoints_reports_which_one_it_computes(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"status": "running", "n_train": 10}))
     progress = {"phase": "gradients", "done": 3, "total": 10, "checkpoint": "03-epoch8"}
@@ -250,6 +249,7 @@ def test_a_run_over_checkpoints_reports_which_one_it_computes(tmp_path):
     status = job_status(tmp_path)
     assert (status.checkpoint, status.checkpoint_index, status.checkpoints) == ("03-epoch8", 2, 5)
     assert (status.phase, status.done, status.total) == ("gradients", 3, 10)
+
 
 # ---------------------------------------------------------------- estimates
 
