@@ -16,6 +16,11 @@ it. The data fingerprint is passed in, as the CLI passes its loaded bundle's, so
 hashing pass over the data. Then one new example is queried against the stored N (median of
 ``QUERY_REPEATS`` after one warm-up).
 
+``--repeats R`` alternates R fits with R - 1 more epochs in the same child (epoch, fit,
+epoch, fit, ...: both see the same machine state; on a shared machine a single pair can be
+10 % apart either way) and reports the medians, every time kept in the JSON; the peak RSS is
+the highest of the fits'.
+
 ``--nproc 1 2`` measures each (model, N) once per process count, side by side: a count P > 1
 runs the child under ``torch.distributed.run --standalone --nproc-per-node P`` (gloo on CPU,
 NCCL on GPUs; torchrun gives each process one thread unless ``--threads`` says otherwise), every
@@ -27,11 +32,13 @@ each phase's speed-up over one process.
     .venv/bin/python bench/scale.py --sizes 2000 5000 --models small_cnn
     .venv/bin/python bench/scale.py --device cuda --out-json scale.json
     .venv/bin/python bench/scale.py --sizes 5000 --models small_cnn --nproc 1 2
+    .venv/bin/python bench/scale.py --sizes 10000 50000 --models small_cnn --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import gc
 import json
@@ -124,6 +131,8 @@ class Row:
     query_s: float
     processes: int = 1  # torch.distributed world size; epoch fields are None when > 1
     peak_rss_ratio: float | None = None  # to the smallest N of the same model, set by the parent
+    fit_s_each: list[float] | None = None  # every fit, in order (fit_s is their median)
+    epoch_s_each: list[float] | None = None  # every epoch, in order (epoch_s is their median)
 
 
 # ------------------------------------------------------------------ child: one configuration
@@ -216,11 +225,14 @@ def fit_and_measure(engine: InfluenceEngine, dataset: RandomImages, batch_size: 
 
 
 def measure_one(args: argparse.Namespace, run_dir: Path) -> Row | None:
-    """Time one epoch, then fit, query and measure one (model, N) in this process.
+    """Time epochs and fits alternately, then query and measure one (model, N) in this process.
 
-    Under torchrun every process trains the same epoch (the fitted model is the trained one)
-    but its time is not reported, every process fits its share, and only rank 0 queries and
-    returns the row (the others return None).
+    The first epoch trains the weights every fit uses; with ``--repeats R`` the child then
+    alternates R fits with R - 1 more epochs (each on a copy of the trained model), so both
+    see the same machine state, and reports medians. Under torchrun every process trains the
+    same epoch (the fitted model is the trained one) but its time is not reported, every
+    process fits its share, and only rank 0 queries and returns the row (the others return
+    None).
     """
     (model_name,), (n,) = args.models, args.sizes
     team = Team.current()
@@ -228,22 +240,24 @@ def measure_one(args: argparse.Namespace, run_dir: Path) -> Row | None:
     torch.manual_seed(0)
     dataset = RandomImages(n, DATA_SEED)
     model = build_model(model_name, **ARCH_ARGS[model_name]).to(device)
-    epoch_s = plain_training_epoch(model, dataset, args.batch_size, device)  # also the weights
+    epochs = [plain_training_epoch(model, dataset, args.batch_size, device)]  # also the weights
     gc.collect()
     epoch_peak = peak_rss_gb()
-    if team.distributed:  # every process trained at once: not the plain epoch's cost
-        epoch_s, epoch_peak = None, None
-    fit_only = reset_peak_rss()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    compression, curvature = engine_configs(given_overrides(args))
-    engine = InfluenceEngine(
-        model, cross_entropy_per_sample, compression, curvature, run_dir=run_dir, device=device
-    )
-    fit_s = fit_and_measure(engine, dataset, args.batch_size)
-    fit_peak = peak_rss_gb()
+    fits: list[tuple[float, dict[str, float]]] = []
+    fit_peak, fit_only = 0.0, True
+    for repeat in range(args.repeats):
+        if repeat:
+            epochs.append(plain_training_epoch(copy.deepcopy(model), dataset, args.batch_size,
+                                               device))  # fmt: skip
+            shutil.rmtree(run_dir)
+            gc.collect()
+        engine, fit_s, fit_only_now = fit_once(args, model, dataset, run_dir)
+        fits.append((fit_s, engine.store.read_manifest()["timings"]))
+        fit_peak, fit_only = max(fit_peak, peak_rss_gb()), fit_only and fit_only_now
     if not team.leader:
         return None
+    epoch_s = None if team.distributed else statistics.median(epochs)  # all trained at once
+    fit_s = statistics.median(seconds for seconds, _ in fits)
     gpu_peak = torch.cuda.max_memory_allocated(device) / GB if device.type == "cuda" else None
     manifest = engine.store.read_manifest()
     return Row(
@@ -256,18 +270,44 @@ def measure_one(args: argparse.Namespace, run_dir: Path) -> Row | None:
         curvature_kind=manifest["curvature_kind"],
         damping=manifest["damping"],
         compression=manifest["compression"],
-        phases=manifest["timings"],
+        phases=median_phases([phases for _, phases in fits]),
         fit_s=fit_s,
         epoch_s=epoch_s,
         fit_per_epoch=None if epoch_s is None else fit_s / epoch_s,
         peak_rss_gb=fit_peak,
-        epoch_peak_rss_gb=epoch_peak,
+        epoch_peak_rss_gb=None if team.distributed else epoch_peak,
         peak_rss_is_fit_only=fit_only,
         peak_gpu_gb=gpu_peak,
         run_dir_bytes=directory_bytes(run_dir),
         query_s=timed_query(engine, device),
         processes=team.size,
+        fit_s_each=[seconds for seconds, _ in fits],
+        epoch_s_each=None if team.distributed else epochs,
     )
+
+
+def fit_once(
+    args: argparse.Namespace, model: torch.nn.Module, dataset: RandomImages, run_dir: Path
+) -> tuple[InfluenceEngine, float, bool]:
+    """A fresh engine fitted into ``run_dir``: (engine, seconds, peak RSS mark was reset)."""
+    fit_only = reset_peak_rss()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    compression, curvature = engine_configs(given_overrides(args))
+    engine = InfluenceEngine(
+        model, cross_entropy_per_sample, compression, curvature, run_dir=run_dir, device=device
+    )
+    return engine, fit_and_measure(engine, dataset, args.batch_size), fit_only
+
+
+def median_phases(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each phase's median seconds over the fits that recorded it."""
+    names = {name for phases in runs for name in phases}
+    return {
+        name: statistics.median(phases[name] for phases in runs if name in phases)
+        for name in sorted(names)
+    }
 
 
 def run_child(args: argparse.Namespace) -> None:
@@ -296,7 +336,8 @@ def child_command(
                      str(processes)]  # fmt: skip
     command = [*launcher, str(Path(__file__).resolve()), "--one", "--models", model,
                "--sizes", str(n), "--batch-size", str(args.batch_size), "--device", args.device,
-               "--work-dir", str(run_dir), "--row-json", str(row)]  # fmt: skip
+               "--work-dir", str(run_dir), "--row-json", str(row),
+               "--repeats", str(args.repeats)]  # fmt: skip
     if args.threads:
         command += ["--threads", str(args.threads)]
     for dest, value in given_overrides(args).items():
@@ -481,6 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[1],
         help="process counts to measure side by side (P > 1: under torchrun)",
     )
+    parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=1,
+        help="fits per configuration, alternating with epochs; medians are reported",
+    )
     parser.add_argument("--out-json", type=Path, help="write every row here")
     parser.add_argument("--work-dir", type=Path, help="keep the run directories here")
     suppress = argparse.SUPPRESS
@@ -500,6 +547,8 @@ def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"expected --device cpu or cuda, found {args.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("expected a CUDA device for --device cuda, found none")
+    if args.repeats > 1 and max(args.nproc) > 1:
+        parser.error(f"expected --repeats 1 with --nproc > 1, found --repeats {args.repeats}")
     try:
         engine_configs(given_overrides(args))
     except ConfigError as error:

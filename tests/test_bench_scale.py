@@ -51,6 +51,20 @@ def test_scale_smoke_writes_sane_rows(tmp_path):
     ]  # --work-dir keeps the run directories
 
 
+@pytest.mark.slow
+def test_scale_repeats_alternate_epochs_and_fits_and_report_medians(tmp_path):
+    out = tmp_path / "scale.json"
+    flags = ["--sizes", "64", "--models", "small_cnn", "--batch-size", "32", "--threads", "1"]
+    result = run_scale(*flags, "--repeats", "3", "--out-json", str(out))
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert len(row["fit_s_each"]) == 3 and len(row["epoch_s_each"]) == 3
+    assert row["fit_s"] == sorted(row["fit_s_each"])[1]
+    assert row["epoch_s"] == sorted(row["epoch_s_each"])[1]
+    assert row["fit_s"] >= sum(row["phases"][phase] for phase in PHASES) * 0.5
+    assert row["run_dir_bytes"] > row["n"] * row["k"] * 2  # the last fit's run, complete
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -59,6 +73,7 @@ def test_scale_smoke_writes_sane_rows(tmp_path):
         (["--keep-ratio", "1.5"], "keep_ratio"),
         (["--curvature", "hessian"], "curvature kind"),
         (["--max-kept-units", "-3"], "max_kept_units"),
+        (["--repeats", "2", "--nproc", "1", "2"], "--repeats 1 with --nproc > 1"),
     ],
 )
 def test_scale_refuses_bad_options_before_running(flags, message):
