@@ -21,6 +21,10 @@ epoch, fit, ...: both see the same machine state; on a shared machine a single p
 10 % apart either way) and reports the medians, every time kept in the JSON; the peak RSS is
 the highest of the fits'.
 
+``--reuse-freed-memory`` tunes the child's allocator the way ``python -m dropinf`` (the CLI
+and the dashboard's jobs) tunes its own (``dropinf.cli.allocator``), before the epoch and the
+fits alike; without it both run on glibc's defaults, as a plain training script does.
+
 ``--nproc 1 2`` measures each (model, N) once per process count, side by side: a count P > 1
 runs the child under ``torch.distributed.run --standalone --nproc-per-node P`` (gloo on CPU,
 NCCL on GPUs; torchrun gives each process one thread unless ``--threads`` says otherwise), every
@@ -59,6 +63,7 @@ from torch.nn import functional
 from torch.utils.data import DataLoader, Dataset
 
 from dropinf import CompressionConfig, CurvatureConfig, InfluenceEngine
+from dropinf.cli.allocator import reuse_freed_memory
 from dropinf.core import cross_entropy_per_sample
 from dropinf.engine.distributed import Team, torchrun_process_group
 from dropinf.errors import ConfigError
@@ -314,6 +319,9 @@ def run_child(args: argparse.Namespace) -> None:
     """``--one``: measure the single configuration and write its row as JSON."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.reuse_freed_memory and not reuse_freed_memory():
+        print("warning: the allocator could not be tuned here (not glibc, or set by the user)",
+              file=sys.stderr)  # fmt: skip
     with torchrun_process_group():
         row = measure_one(args, Path(args.work_dir))
     if row is not None:
@@ -338,6 +346,8 @@ def child_command(
                "--sizes", str(n), "--batch-size", str(args.batch_size), "--device", args.device,
                "--work-dir", str(run_dir), "--row-json", str(row),
                "--repeats", str(args.repeats)]  # fmt: skip
+    if args.reuse_freed_memory:
+        command.append("--reuse-freed-memory")
     if args.threads:
         command += ["--threads", str(args.threads)]
     for dest, value in given_overrides(args).items():
@@ -474,12 +484,14 @@ def command_line() -> str:
 def report(args: argparse.Namespace, rows: list[dict[str, Any]], failures: list) -> None:
     """Print the setting, the table, the peak-RSS ratios and the command."""
     threads = rows[0]["threads"] if rows else args.threads or torch.get_num_threads()
+    allocator = "freed memory reused" if args.reuse_freed_memory else "glibc defaults"
     print(
         f"\nCIFAR-shaped random pixels and labels (3x32x32, 10 classes): fine for cost, not "
         f"quality. batch {args.batch_size}, device {args.device}, torch threads {threads}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}. Phases and fit in seconds; plain "
         f"epoch = forward + backward + AdamW step; query = one new example against the stored "
-        f"N, median of {QUERY_REPEATS}.\n"
+        f"N, median of {QUERY_REPEATS}. Allocator: {allocator}; fit and epoch: medians of "
+        f"{args.repeats} alternated.\n"
     )
     print(markdown_table(rows))
     if any(row["processes"] > 1 for row in rows):
@@ -527,6 +539,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=1,
         help="fits per configuration, alternating with epochs; medians are reported",
+    )
+    parser.add_argument(
+        "--reuse-freed-memory",
+        action="store_true",
+        help="tune the child's allocator as `python -m dropinf` does (epoch and fit alike)",
     )
     parser.add_argument("--out-json", type=Path, help="write every row here")
     parser.add_argument("--work-dir", type=Path, help="keep the run directories here")
