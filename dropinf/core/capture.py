@@ -5,7 +5,8 @@ units when the compressor needs a subset) and the layer output. The output gradi
 one ``torch.autograd.grad`` of the *summed* per-sample losses with respect to those outputs, so an
 ordinary backward's weight-gradient products are never computed. The compressor then forms its k
 numbers from (a, δ). Parameters outside those layers (norms, embeddings, unusual convolutions) are
-*flat*: their per-sample gradients come from ``torch.func.vmap`` and a flat compressor.
+*flat*: their per-sample gradients come from ``torch.func.vmap`` and a flat compressor, except
+an eval-mode BatchNorm's γ and β, which the same hooks and autograd call give (``norms``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dropinf.core.kronecker import KroneckerStats, activation_moments, output_gr
 from dropinf.core.layer_ops import gather_units, unit_sum_of_squares, write_layer
 from dropinf.core.layout import CaptureLayout
 from dropinf.core.masks import MaskCompressor
+from dropinf.core.norms import NormCall, hookable_norms, norm_hook, norm_per_sample_grads
 from dropinf.errors import LossShapeError, NonFiniteError
 
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
@@ -102,13 +104,15 @@ class GradientCapture:
         Raises:
             NonFiniteError: A per-sample loss is NaN/inf, or a gradient overflows the dtype.
         """
-        calls, losses, predictions = self._forward(loss_fn, batch, gather=True)
-        output_grads = self._output_grads(losses, calls)
+        calls, losses, predictions, norm_calls = self._forward(loss_fn, batch, gather=True)
+        grads = self._output_grads(losses, [c.output for c in calls + norm_calls])
+        output_grads, norm_grads = grads[: len(calls)], grads[len(calls) :]
         if out is None:
             out = losses.new_empty(losses.shape[0], self.k, dtype=dtype or losses.dtype)
         blocks = self._column_blocks(out)
         self._write_factored(calls, output_grads, blocks)
-        self._write_flat(loss_fn, batch, blocks[len(self.layout.modules) :])
+        known = norm_per_sample_grads(norm_calls, norm_grads, self._norms(), self._flat_names)
+        self._write_flat(loss_fn, batch, blocks[len(self.layout.modules) :], known)
         if kronecker is not None:
             self._add_kronecker(kronecker, calls, output_grads, losses.shape[0])
         return CapturedBatch(out, losses.detach(), predictions)
@@ -150,8 +154,8 @@ class GradientCapture:
 
     def unit_energy(self, loss_fn: LossFn, batch: Sequence[torch.Tensor]) -> list[UnitEnergy]:
         """Per-unit activation and output-gradient energy of one batch, one entry per spec."""
-        calls, losses, _ = self._forward(loss_fn, batch, gather=False)
-        output_grads = self._output_grads(losses, calls)
+        calls, losses, _, _ = self._forward(loss_fn, batch, gather=False)
+        output_grads = self._output_grads(losses, [call.output for call in calls])
         energies = [
             UnitEnergy(torch.zeros(spec.in_units), torch.zeros(spec.out_units))
             for spec in self.layout.specs
@@ -169,9 +173,13 @@ class GradientCapture:
 
     def _forward(
         self, loss_fn: LossFn, batch: Sequence[torch.Tensor], gather: bool
-    ) -> tuple[list[LayerCall], torch.Tensor, torch.Tensor | None]:
-        """Run the loss with hooks; rerun once if a layer output was later changed in place."""
-        with self._hooks(gather) as (calls, outputs):
+    ) -> tuple[list[LayerCall], torch.Tensor, torch.Tensor | None, list[NormCall]]:
+        """Run the loss with hooks; rerun once if a layer output was later changed in place.
+
+        With ``gather``, eval-mode BatchNorms whose γ / β are flat are recorded too
+        (``norms``), so their per-sample gradients need no vmap pass.
+        """
+        with self._hooks(gather) as (calls, outputs, norm_calls):
             losses = loss_fn(self.model, batch)
         check_losses(losses)
         changed = {call.position for call in calls if call.output._version != call.output_version}
@@ -179,19 +187,27 @@ class GradientCapture:
             self.clone_outputs |= changed
             return self._forward(loss_fn, batch, gather)
         predictions = predicted_classes(outputs[-1] if outputs else None)
-        return calls, losses, predictions
+        return calls, losses, predictions, norm_calls
 
     @contextmanager
-    def _hooks(self, gather: bool) -> Iterator[tuple[list[LayerCall], list[torch.Tensor]]]:
+    def _hooks(
+        self, gather: bool
+    ) -> Iterator[tuple[list[LayerCall], list[torch.Tensor], list[NormCall]]]:
         calls: list[LayerCall] = []
         outputs: list[torch.Tensor] = []
+        norm_calls: list[NormCall] = []
         handles = [
             module.register_forward_hook(self._layer_hook(position, calls, gather))
             for position, module in enumerate(self.layout.modules.values())
         ]
+        if gather:
+            handles += [
+                module.register_forward_hook(norm_hook(name, norm_calls))
+                for name, module in self._norms().items()
+            ]
         handles.append(self.model.register_forward_hook(lambda _m, _i, out: outputs.append(out)))
         try:
-            yield calls, outputs
+            yield calls, outputs, norm_calls
         finally:
             for handle in handles:
                 handle.remove()
@@ -208,9 +224,20 @@ class GradientCapture:
 
         return hook
 
-    def _output_grads(self, losses: torch.Tensor, calls: list[LayerCall]) -> list[torch.Tensor]:
-        """δ for every recorded call: one autograd.grad of the summed per-sample losses."""
-        outputs = [call.output for call in calls]
+    def _norms(self) -> dict[str, nn.Module]:
+        """The BatchNorms whose flat γ / β come from hooks (``norms.hookable_norms``)."""
+        return hookable_norms(self.model, self._flat_names)
+
+    @property
+    def _flat_names(self) -> set[str]:
+        return set(self.layout.flat_parameters)
+
+    def _output_grads(
+        self, losses: torch.Tensor, outputs: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """δ for every recorded output: one autograd.grad of the summed per-sample losses."""
+        if not outputs:
+            return []
         grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
         return [
             torch.zeros_like(output) if g is None else g
@@ -232,22 +259,35 @@ class GradientCapture:
             blocks[position].zero_()  # a layer this forward never called has zero gradient
 
     def _write_flat(
-        self, loss_fn: LossFn, batch: Sequence[torch.Tensor], blocks: list[torch.Tensor]
+        self,
+        loss_fn: LossFn,
+        batch: Sequence[torch.Tensor],
+        blocks: list[torch.Tensor],
+        known: dict[str, torch.Tensor],
     ) -> None:
         flat_compressors = self.compressors[len(self.layout.modules) :]
-        grads = self._flat_per_sample_grads(loss_fn, batch)
+        grads = self._flat_per_sample_grads(loss_fn, batch, known)
         for compressor, g, block in zip(flat_compressors, grads, blocks, strict=True):
             compressed = compressor.compress_flat(g)
             check_representable(compressed, block.dtype)
             block.copy_(compressed)
 
     def _flat_per_sample_grads(
-        self, loss_fn: LossFn, batch: Sequence[torch.Tensor]
+        self,
+        loss_fn: LossFn,
+        batch: Sequence[torch.Tensor],
+        known: dict[str, torch.Tensor] | None = None,
     ) -> list[torch.Tensor]:
-        """Per-sample gradients (B, D) of each flat parameter, through ``torch.func.vmap``."""
-        if not self.layout.flat_parameters:
-            return []
-        return flat_per_sample_grads(self.model, self.layout.flat_parameters, loss_fn, batch)
+        """Per-sample gradients (B, D) of each flat parameter, in layout order.
+
+        ``known`` ones (from hooks) as given; the others through ``torch.func.vmap``, one more
+        pass over the model, run only if any is left.
+        """
+        known = known or {}
+        left = {n: p for n, p in self.layout.flat_parameters.items() if n not in known}
+        computed = flat_per_sample_grads(self.model, left, loss_fn, batch) if left else []
+        by_name = {**known, **dict(zip(left, computed, strict=True))}
+        return [by_name[name] for name in self.layout.flat_parameters]
 
 
 def calibrate_unit_energy(

@@ -448,3 +448,43 @@ def test_no_shard_stays_mapped_after_a_fit_or_a_query(tmp_path) -> None:
     assert mapped_shards(tmp_path / "run") == []
     engine.query(data.tensors)
     assert mapped_shards(tmp_path / "run") == []
+
+
+def make_batchnorm_model(kind: str, seed: int) -> nn.Module:
+    """Eval-mode BatchNorms (2-D inputs for the MLP's) with non-trivial running statistics."""
+    torch.manual_seed(seed)
+    if kind == "cnn":
+        model = nn.Sequential(
+            nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(inplace=True),
+            nn.Conv2d(3, 2, 3, stride=2), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(),
+            nn.Linear(8, 3),
+        )  # fmt: skip
+    else:
+        model = nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Tanh(),
+                              nn.Linear(5, 3))  # fmt: skip
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+    return model.double().eval()
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_batchnorm_gradients_come_from_hooks_and_equal_the_loop(kind: str, monkeypatch) -> None:
+    """Eval-mode BatchNorm γ / β: exact per-sample gradients without a vmap pass."""
+    import dropinf.core.capture as capture
+
+    def no_vmap(*_args, **_kwargs):
+        raise AssertionError("a vmap pass ran for BatchNorm parameters")
+
+    monkeypatch.setattr(capture, "flat_per_sample_grads", no_vmap)
+    model = make_batchnorm_model(kind, 4)
+    train = make_data(kind, 24, 9)
+    config = CompressionConfig(keep_ratio=0.5, mask="uniform", seed=1)
+    engine = InfluenceEngine(model, cross_entropy_per_sample, config, dtype=torch.float64)
+    engine.fit(train, batch_size=10)
+    expected = kept_coordinates(model, engine, loop_gradients(model, train))
+    stored = torch.from_numpy(np.array(engine.store.gradients()))
+    assert any(not spec.is_factored for spec in engine.layout.specs)
+    assert torch.allclose(stored, expected, rtol=1e-12, atol=1e-14)
