@@ -111,7 +111,7 @@ class GradientCapture:
             out = losses.new_empty(losses.shape[0], self.k, dtype=dtype or losses.dtype)
         blocks = self._column_blocks(out)
         self._write_factored(calls, output_grads, blocks)
-        known = norm_per_sample_grads(norm_calls, norm_grads, self._norms(), self._flat_names)
+        known = norm_per_sample_grads(norm_calls, norm_grads)
         self._write_flat(loss_fn, batch, blocks[len(self.layout.modules) :], known)
         if kronecker is not None:
             self._add_kronecker(kronecker, calls, output_grads, losses.shape[0])
@@ -201,9 +201,10 @@ class GradientCapture:
             for position, module in enumerate(self.layout.modules.values())
         ]
         if gather:
+            norms = hookable_norms(self.model, set(self.layout.flat_parameters))
             handles += [
-                module.register_forward_hook(norm_hook(name, norm_calls))
-                for name, module in self._norms().items()
+                module.register_forward_hook(norm_hook(parameters, norm_calls))
+                for module, parameters in norms.items()
             ]
         handles.append(self.model.register_forward_hook(lambda _m, _i, out: outputs.append(out)))
         try:
@@ -223,14 +224,6 @@ class GradientCapture:
             return output.clone() if position in self.clone_outputs else None
 
         return hook
-
-    def _norms(self) -> dict[str, nn.Module]:
-        """The BatchNorms whose flat γ / β come from hooks (``norms.hookable_norms``)."""
-        return hookable_norms(self.model, self._flat_names)
-
-    @property
-    def _flat_names(self) -> set[str]:
-        return set(self.layout.flat_parameters)
 
     def _output_grads(
         self, losses: torch.Tensor, outputs: list[torch.Tensor]

@@ -22,23 +22,38 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 @dataclass
 class NormCall:
-    """What a forward hook kept of one call of a BatchNorm: x̂ and the output to differentiate."""
+    """What a forward hook kept of one call of a BatchNorm: x̂ and the output to differentiate.
 
-    name: str
+    Attributes:
+        parameters: The norm's flat affine parameters, ``{name in the model: "weight" | "bias"}``.
+        normalised: x̂, the input normalised with the running statistics.
+        output: The norm's output, whose gradient δ gives γ's and β's.
+    """
+
+    parameters: dict[str, str]
     normalised: torch.Tensor
     output: torch.Tensor
 
 
-def hookable_norms(model: nn.Module, flat_names: set[str]) -> dict[str, nn.Module]:
-    """Eval-mode BatchNorms with running statistics whose γ or β is a flat parameter, by name."""
+def hookable_norms(model: nn.Module, flat_names: set[str]) -> dict[nn.Module, dict[str, str]]:
+    """Eval-mode BatchNorms with running statistics, each with its flat γ / β (if any).
+
+    Returns:
+        ``{norm: {parameter name in the model: "weight" | "bias"}}``, only the flat ones.
+    """
     found = {}
     for name, module in model.named_modules():
         if not isinstance(module, BATCH_NORMS) or module.training:
             continue
         if module.running_mean is None or module.running_var is None:
             continue
-        if set(norm_parameter_names(name, module)) & flat_names:
-            found[name] = module
+        flat = {
+            parameter: field
+            for parameter, field in norm_parameter_names(name, module).items()
+            if parameter in flat_names
+        }
+        if flat:
+            found[module] = flat
     return found
 
 
@@ -52,7 +67,7 @@ def norm_parameter_names(name: str, module: nn.Module) -> dict[str, str]:
     }
 
 
-def norm_hook(name: str, calls: list[NormCall]) -> Callable:
+def norm_hook(parameters: dict[str, str], calls: list[NormCall]) -> Callable:
     """A forward hook that records x̂ and hands on a copy of the output.
 
     The copy shields the recorded output from in-place operations downstream (a
@@ -64,17 +79,14 @@ def norm_hook(name: str, calls: list[NormCall]) -> Callable:
         shape = (1, -1) + (1,) * (inputs.ndim - 2)  # channels on axis 1
         mean = module.running_mean.view(shape)
         scale = torch.rsqrt(module.running_var.view(shape) + module.eps)
-        calls.append(NormCall(name, (inputs - mean) * scale, output))
+        calls.append(NormCall(parameters, (inputs - mean) * scale, output))
         return output.clone()
 
     return hook
 
 
 def norm_per_sample_grads(
-    calls: list[NormCall],
-    output_grads: list[torch.Tensor],
-    norms: dict[str, nn.Module],
-    flat_names: set[str],
+    calls: list[NormCall], output_grads: list[torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """(B, C) per-sample gradients of each recorded norm's flat γ and β, by parameter name.
 
@@ -82,14 +94,9 @@ def norm_per_sample_grads(
     """
     grads: dict[str, torch.Tensor] = {}
     for call, delta in zip(calls, output_grads, strict=True):
-        per_field = {
-            "weight": sum_positions(delta * call.normalised),
-            "bias": sum_positions(delta),
-        }
-        for parameter, field in norm_parameter_names(call.name, norms[call.name]).items():
-            if parameter in flat_names:
-                value = per_field[field]
-                grads[parameter] = grads[parameter] + value if parameter in grads else value
+        for parameter, field in call.parameters.items():
+            value = sum_positions(delta * call.normalised if field == "weight" else delta)
+            grads[parameter] = grads[parameter] + value if parameter in grads else value
     return grads
 
 
