@@ -1,7 +1,8 @@
 """Scores against a run's stored gradients: ``I(z', z) = g(z')ᵀ (F + λI)⁻¹ g(z)``.
 
 The stored training gradients are streamed chunk by chunk, one shard mapped at a time
-(``ShardReader``; memory independent of n_train); the test gradients are preconditioned once; a
+(``ShardReader``; host memory independent of n_train), and kept on an accelerator between
+passes when they fit in half its free memory; the test gradients are preconditioned once; a
 score matrix beyond a memory budget is a memmap. The fitted curvature is rebuilt from the run's
 saved state.
 """
@@ -33,10 +34,24 @@ class ShardReader:
     keeping every shard mapped would make it grow with n_train.
     """
 
-    def __init__(self, store: RunStore, indices: Sequence[int] | None = None) -> None:
-        """Read the shards of ``store`` (only those of ``indices``: one process's share)."""
-        self.store, self.indices = store, indices
+    def __init__(
+        self,
+        store: RunStore,
+        indices: Sequence[int] | None = None,
+        resident_bytes: int | None = None,
+    ) -> None:
+        """Read the shards of ``store`` (only those of ``indices``: one process's share).
+
+        Args:
+            store: The run.
+            indices: The shards to read; None reads all.
+            resident_bytes: The most bytes of stored gradients kept on the scoring device
+                between passes (``device_chunks``); None: half the free memory of an
+                accelerator, none on the CPU (whose page cache already holds the shards).
+        """
+        self.store, self.indices, self.resident_bytes = store, indices, resident_bytes
         self._rows: dict[Path, int] | None = None
+        self._resident: tuple[torch.device, list[tuple[int, torch.Tensor]]] | None = None
 
     @property
     def shard_rows(self) -> dict[Path, int]:
@@ -49,8 +64,8 @@ class ShardReader:
         return self._rows
 
     def reset(self) -> None:
-        """Forget the shard list."""
-        self._rows = None
+        """Forget the shard list and the resident chunks."""
+        self._rows, self._resident = None, None
 
     def raw_chunks(self, rows: int = SCORE_CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, (≤ rows, k) memmapped slice) over the run, in order, not copied.
@@ -72,6 +87,44 @@ class ShardReader:
         """Rows stored."""
         return sum(self.shard_rows.values())
 
+    def device_chunks(
+        self, device: torch.device, rows: int = SCORE_CHUNK_ROWS
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row, (≤ rows, k) stored gradients on ``device``, as stored) over the run.
+
+        A pass that copies every chunk to a device with room for them all (``resident_bytes``)
+        keeps the copies: the next passes (self-influence, then each query) read no shard and
+        copy nothing. Chunks are never written by callers.
+        """
+        if self._resident is not None and self._resident[0] == device:
+            yield from self._resident[1]
+            return
+        keep = self.stored_bytes() <= self.room(device)
+        kept = []
+        for start, chunk in self.raw_chunks(rows):
+            tensor = as_tensor(chunk).to(device)
+            if keep:
+                kept.append((start, tensor))
+            yield start, tensor
+        if keep:
+            self._resident = (device, kept)
+
+    def stored_bytes(self) -> int:
+        """Bytes of the stored gradients read (headers excluded)."""
+        if not self.shard_rows:
+            return 0
+        first = np.load(next(iter(self.shard_rows)), mmap_mode="r")
+        return self.n_rows * first.shape[1] * first.dtype.itemsize
+
+    def room(self, device: torch.device) -> int:
+        """The most bytes of stored gradients to keep resident on ``device``."""
+        if self.resident_bytes is not None:
+            return self.resident_bytes
+        if device.type != "cuda":
+            return 0
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+
 
 def as_tensor(chunk: np.ndarray) -> torch.Tensor:
     """A read-only memmapped chunk as a tensor, without a copy (it is never written)."""
@@ -88,8 +141,8 @@ def stored_gradient_chunks(
     reader: ShardReader | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(first row, stored training gradients as a (rows, k) tensor) over a run, in order."""
-    for start, chunk in (reader or ShardReader(store)).raw_chunks(rows):
-        yield start, as_tensor(chunk).to(device=device, dtype=dtype)
+    for start, chunk in (reader or ShardReader(store)).device_chunks(device, rows):
+        yield start, chunk.to(dtype)
 
 
 def load_curvature(store: RunStore, device: torch.device) -> Curvature:
@@ -148,8 +201,8 @@ def influence_scores(
     preconditioned = curvature.precondition(test_gradients.to(device)).to(dtype)  # (m, k)
     scores = torch.from_numpy(out) if out is not None else None
     parts = [torch.zeros((preconditioned.shape[0], 0), dtype=dtype)]  # a share may be empty
-    for start, chunk in reader.raw_chunks():
-        part = chunk_scores(preconditioned, as_tensor(chunk).to(device)).cpu()
+    for start, chunk in reader.device_chunks(device):
+        part = chunk_scores(preconditioned, chunk).cpu()
         if scores is None:
             parts.append(part)
         else:

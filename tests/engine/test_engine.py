@@ -450,6 +450,43 @@ def test_no_shard_stays_mapped_after_a_fit_or_a_query(tmp_path) -> None:
     assert mapped_shards(tmp_path / "run") == []
 
 
+def refuse_shard_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every later ``np.load`` (how shards are opened) fail."""
+
+    def no_read(*_args, **_kwargs):
+        raise AssertionError("a shard was read")
+
+    monkeypatch.setattr(np, "load", no_read)
+
+
+@pytest.mark.parametrize("room", [10**9, 1])
+def test_stored_gradients_stay_resident_only_where_they_fit(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, room: int
+) -> None:
+    """With room for the store, the queries after the first read no shard; without, they do."""
+    data = make_data("mlp", 40, seed=0)
+    engine = InfluenceEngine(
+        make_mlp(0), cross_entropy_per_sample, run_dir=tmp_path / "run", shard_rows=8
+    )
+    engine.reader.resident_bytes = room
+    first = engine.fit(data, batch_size=8).query(data.tensors)
+    refuse_shard_reads(monkeypatch)
+    if room == 1:
+        with pytest.raises(AssertionError, match="a shard was read"):
+            engine.query(data.tensors)
+        return
+    torch.testing.assert_close(engine.query(data.tensors), first)
+    engine.reader.reset()  # a refit publishes new shards: they are read again
+    with pytest.raises(AssertionError, match="a shard was read"):
+        engine.query(data.tensors)
+
+
+def test_the_cpu_keeps_no_resident_copy_by_default(tmp_path) -> None:
+    """On the CPU the page cache holds the shards: a resident copy would only double them."""
+    engine = InfluenceEngine(make_mlp(0), cross_entropy_per_sample, run_dir=tmp_path / "run")
+    assert engine.reader.room(torch.device("cpu")) == 0
+
+
 def make_batchnorm_model(kind: str, seed: int) -> nn.Module:
     """Eval-mode BatchNorms (2-D inputs for the MLP's) with non-trivial running statistics."""
     torch.manual_seed(seed)

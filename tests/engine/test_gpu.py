@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -52,3 +53,21 @@ def test_cuda_fit_scores_new_examples() -> None:
     batch = next(iter(torch.utils.data.DataLoader(train, batch_size=8)))
     assert engine.query(batch).shape == (8, 200)
     assert torch.isfinite(engine.self_influence()).all()
+
+
+def test_cuda_queries_after_the_first_read_no_shard(tmp_path, monkeypatch) -> None:
+    """The stored gradients stay on the GPU between passes: later queries copy nothing."""
+    torch.manual_seed(2)
+    model = build_model("mlp", input_dim=64, num_classes=10, hidden_sizes=[32])
+    train = digits_like(200, 3)
+    engine = InfluenceEngine(
+        model, cross_entropy_per_sample, run_dir=tmp_path / "run", device="cuda", shard_rows=64
+    ).fit(train)
+    batch = next(iter(torch.utils.data.DataLoader(train, batch_size=8)))
+    first = engine.query(batch)
+
+    def no_read(*_args, **_kwargs):
+        raise AssertionError("a shard was read")
+
+    monkeypatch.setattr(np, "load", no_read)
+    torch.testing.assert_close(engine.query(batch), first)
