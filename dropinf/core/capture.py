@@ -6,7 +6,8 @@ one ``torch.autograd.grad`` of the *summed* per-sample losses with respect to th
 ordinary backward's weight-gradient products are never computed. The compressor then forms its k
 numbers from (a, δ). Parameters outside those layers (norms, embeddings, unusual convolutions) are
 *flat*: their per-sample gradients come from ``torch.func.vmap`` and a flat compressor, except
-an eval-mode BatchNorm's γ and β, which the same hooks and autograd call give (``norms``).
+the γ and β of LayerNorm, RMSNorm, GroupNorm and eval-mode BatchNorm, which the same hooks and
+autograd call give (``norms``).
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ class GradientCapture:
     ) -> tuple[list[LayerCall], torch.Tensor, torch.Tensor | None, list[NormCall]]:
         """Run the loss with hooks; rerun once if a layer output was later changed in place.
 
-        With ``gather``, eval-mode BatchNorms whose γ / β are flat are recorded too
+        With ``gather``, the norms whose γ / β are flat are recorded too
         (``norms``), so their per-sample gradients need no vmap pass.
         """
         with self._hooks(gather) as (calls, outputs, norm_calls):

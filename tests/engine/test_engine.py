@@ -487,41 +487,80 @@ def test_the_cpu_keeps_no_resident_copy_by_default(tmp_path) -> None:
     assert engine.reader.room(torch.device("cpu")) == 0
 
 
-def make_batchnorm_model(kind: str, seed: int) -> nn.Module:
-    """Eval-mode BatchNorms (2-D inputs for the MLP's) with non-trivial running statistics."""
+NORM_MODELS = ("batchnorm-mlp", "batchnorm-cnn", "layernorm-tokens", "groupnorm-cnn")
+
+
+def make_norm_model(kind: str, seed: int) -> nn.Module:
+    """A model whose norms' x̂ depends on the sample alone, with non-trivial γ, β and statistics.
+
+    The MLPs take (B, 6) inputs, the CNNs (B, 1, 5, 5); the tokens model reads its input as 2
+    tokens of 3 features (LayerNorm per token and over both, RMSNorm per token).
+    """
     torch.manual_seed(seed)
-    if kind == "cnn":
-        model = nn.Sequential(
-            nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(inplace=True),
-            nn.Conv2d(3, 2, 3, stride=2), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(),
-            nn.Linear(8, 3),
-        )  # fmt: skip
-    else:
-        model = nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Tanh(),
-                              nn.Linear(5, 3))  # fmt: skip
+    layers = {
+        "batchnorm-mlp": [nn.Flatten(), nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Tanh(),
+                          nn.Linear(5, 3)],
+        "batchnorm-cnn": [nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(inplace=True),
+                          nn.Conv2d(3, 2, 3, stride=2), nn.BatchNorm2d(2), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8, 3)],
+        "layernorm-tokens": [nn.Unflatten(1, (2, 3)), nn.Linear(3, 4), nn.LayerNorm(4),
+                             nn.Tanh(), nn.LayerNorm([2, 4]), nn.Linear(4, 4), nn.RMSNorm(4),
+                             nn.Flatten(), nn.Linear(8, 3)],
+        "groupnorm-cnn": [nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(inplace=True),
+                          nn.Conv2d(4, 2, 3, stride=2), nn.GroupNorm(1, 2), nn.Tanh(),
+                          nn.Flatten(), nn.Linear(8, 3)],
+    }[kind]  # fmt: skip
+    model = nn.Sequential(*layers)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d | nn.LayerNorm | nn.RMSNorm
+                      | nn.GroupNorm):  # fmt: skip
             nn.init.uniform_(module.weight, 0.5, 1.5)
+            if getattr(module, "bias", None) is not None:
+                nn.init.uniform_(module.bias, -0.5, 0.5)
     return model.double().eval()
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_batchnorm_gradients_come_from_hooks_and_equal_the_loop(kind: str, monkeypatch) -> None:
-    """Eval-mode BatchNorm γ / β: exact per-sample gradients without a vmap pass."""
+@pytest.mark.parametrize("kind", NORM_MODELS)
+def test_norm_gradients_come_from_hooks_and_equal_the_loop(kind: str, monkeypatch) -> None:
+    """γ / β of per-sample norms: exact per-sample gradients without a vmap pass."""
     import dropinf.core.capture as capture
 
     def no_vmap(*_args, **_kwargs):
-        raise AssertionError("a vmap pass ran for BatchNorm parameters")
+        raise AssertionError("a vmap pass ran for norm parameters")
 
     monkeypatch.setattr(capture, "flat_per_sample_grads", no_vmap)
-    model = make_batchnorm_model(kind, 4)
-    train = make_data(kind, 24, 9)
+    model = make_norm_model(kind, 4)
+    train = make_data("cnn" if kind.endswith("cnn") else "mlp", 24, 9)
     config = CompressionConfig(keep_ratio=0.5, mask="uniform", seed=1)
     engine = InfluenceEngine(model, cross_entropy_per_sample, config, dtype=torch.float64)
     engine.fit(train, batch_size=10)
     expected = kept_coordinates(model, engine, loop_gradients(model, train))
     stored = torch.from_numpy(np.array(engine.store.gradients()))
     assert any(not spec.is_factored for spec in engine.layout.specs)
+    assert torch.allclose(stored, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_flat_fallback_gradients_equal_the_loop(monkeypatch) -> None:
+    """Parameters no hook covers (here a Conv1d's) get exact per-sample gradients from vmap."""
+    import dropinf.core.capture as capture
+
+    passes = []
+    vmap_pass = capture.flat_per_sample_grads
+    monkeypatch.setattr(
+        capture, "flat_per_sample_grads", lambda *args: passes.append(1) or vmap_pass(*args)
+    )
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Unflatten(1, (1, 6)), nn.Conv1d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(8, 3)
+    ).double()
+    train = make_data("mlp", 24, 9)
+    config = CompressionConfig(keep_ratio=0.5, mask="uniform", seed=1)
+    engine = InfluenceEngine(model, cross_entropy_per_sample, config, dtype=torch.float64)
+    engine.fit(train, batch_size=10)
+    expected = kept_coordinates(model, engine, loop_gradients(model, train))
+    stored = torch.from_numpy(np.array(engine.store.gradients()))
+    assert passes and any(not spec.is_factored for spec in engine.layout.specs)
     assert torch.allclose(stored, expected, rtol=1e-12, atol=1e-14)
