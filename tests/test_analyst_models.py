@@ -155,7 +155,7 @@ def test_conv1d_on_signals_in_a_job_process(tmp_path):
     assert done.returncode == 0, done.stderr
     layers = _layers(_assert_complete(tmp_path / "run", 18, 6))
     assert layers["1.weight"] == layers["1.bias"] == "flat"  # BatchNorm1d's affine parameters
-    assert layers["0.weight"] == "flat" and layers["7"] == "linear"  # Conv1d: flat fallback
+    assert layers["0"] == layers["3"] == "conv1d" and layers["7"] == "linear"  # factored
 
 
 @pytest.mark.slow

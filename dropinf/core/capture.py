@@ -1,7 +1,8 @@
 """Per-sample compressed gradients, captured with hooks.
 
-For every ``nn.Linear`` and ``nn.Conv2d`` a forward hook keeps the layer input (only the kept
-units when the compressor needs a subset) and the layer output. The output gradients δ come from
+For every ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` a forward hook keeps the layer input
+(only the kept units when the compressor needs a subset) and the layer output; a Conv1d is
+handled as the 1×k Conv2d it equals (``planar_view``). The output gradients δ come from
 one ``torch.autograd.grad`` of the *summed* per-sample losses with respect to those outputs, so an
 ordinary backward's weight-gradient products are never computed. The compressor then forms its k
 numbers from (a, δ). Parameters outside those layers (norms, embeddings, unusual convolutions) are
@@ -24,7 +25,7 @@ from torch.func import functional_call, grad, vmap
 from dropinf.core.compress import LayerCompressor, UnitEnergy, check_representable
 from dropinf.core.kronecker import KroneckerStats, activation_moments, output_gram
 from dropinf.core.layer_ops import gather_units, unit_sum_of_squares, write_layer
-from dropinf.core.layout import CaptureLayout
+from dropinf.core.layout import CaptureLayout, planar_view
 from dropinf.core.masks import MaskCompressor
 from dropinf.core.norms import NormCall, hookable_norms, norm_hook, norm_per_sample_grads
 from dropinf.errors import LossShapeError, NonFiniteError
@@ -73,6 +74,7 @@ class GradientCapture:
         self.layout = layout
         self.compressors = list(compressors)
         self.clone_outputs: set[int] = set()
+        self.geometry = [planar_view(module) for module in layout.modules.values()]
 
     @property
     def k(self) -> int:
@@ -107,7 +109,7 @@ class GradientCapture:
         """
         calls, losses, predictions, norm_calls = self._forward(loss_fn, batch, gather=True)
         grads = self._output_grads(losses, [c.output for c in calls + norm_calls])
-        output_grads, norm_grads = grads[: len(calls)], grads[len(calls) :]
+        output_grads, norm_grads = self._planar(calls, grads[: len(calls)]), grads[len(calls) :]
         if out is None:
             out = losses.new_empty(losses.shape[0], self.k, dtype=dtype or losses.dtype)
         blocks = self._column_blocks(out)
@@ -140,9 +142,8 @@ class GradientCapture:
         output_grads: list[torch.Tensor],
         examples: int,
     ) -> None:
-        modules = list(self.layout.modules.values())
         for call, delta in zip(calls, output_grads, strict=True):
-            compressor, module = self.compressors[call.position], modules[call.position]
+            compressor, module = self.compressors[call.position], self.geometry[call.position]
             inputs = activation_moments(call.inputs, module, kronecker.position_step)
             gram = output_gram(delta, compressor.output_index, compressor.spec)
             kronecker.add(call.position, inputs, gram)
@@ -163,7 +164,7 @@ class GradientCapture:
         ]
         for call, delta in zip(calls, output_grads, strict=True):
             spec = self.layout.specs[call.position]
-            channel_axis = 1 if spec.kind == "conv2d" else -1
+            channel_axis = 1 if spec.is_conv else -1
             energies[call.position].inputs += unit_sum_of_squares(call.inputs, channel_axis)
             energies[call.position].outputs += unit_sum_of_squares(delta, channel_axis)
         first_flat = len(self.layout.modules)
@@ -220,6 +221,8 @@ class GradientCapture:
 
         def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
             inputs = gather_units(args[0].detach(), index, spec)
+            if spec.kind == "conv1d":
+                inputs = inputs.unsqueeze(2)  # (B, C, 1, L), as its planar view takes them
             calls.append(LayerCall(position, inputs, output, output._version))
             # A clone shields the kept output from in-place ops downstream (e.g. ReLU(inplace)).
             return output.clone() if position in self.clone_outputs else None
@@ -238,18 +241,26 @@ class GradientCapture:
             for output, g in zip(outputs, grads, strict=True)
         ]
 
+    def _planar(
+        self, calls: list[LayerCall], output_grads: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """The output gradients, a Conv1d's (B, C, L) as (B, C, 1, L) like its inputs."""
+        return [
+            delta.unsqueeze(2) if self.layout.specs[call.position].kind == "conv1d" else delta
+            for call, delta in zip(calls, output_grads, strict=True)
+        ]
+
     def _write_factored(
         self, calls: list[LayerCall], output_grads: list[torch.Tensor], blocks: list[torch.Tensor]
     ) -> None:
         """Write each factored layer's compressed gradient, summed over repeated calls."""
-        modules = list(self.layout.modules.values())
         written: set[int] = set()
         for call, delta in zip(calls, output_grads, strict=True):
-            compressor, module = self.compressors[call.position], modules[call.position]
+            compressor, module = self.compressors[call.position], self.geometry[call.position]
             accumulate = call.position in written
             written.add(call.position)
             write_layer(compressor, module, call.inputs, delta, blocks[call.position], accumulate)
-        for position in set(range(len(modules))) - written:
+        for position in set(range(len(self.geometry))) - written:
             blocks[position].zero_()  # a layer this forward never called has zero gradient
 
     def _write_flat(

@@ -172,8 +172,8 @@ def activation_moments(inputs: torch.Tensor, module: nn.Module, step: int) -> Ac
 
     Args:
         inputs: The kept inputs as captured: (B, ..., k_in) for Linear, (B, k_in, H, W) for
-            Conv2d.
-        module: The layer.
+            Conv2d (and a Conv1d's, as (B, k_in, 1, L)).
+        module: The layer (a Conv1d as its ``planar_view``).
         step: A conv sums every ``step``-th output row and column (1: all).
     """
     if isinstance(module, nn.Conv2d):
@@ -218,7 +218,7 @@ def output_gram(
     output_grads: torch.Tensor, index: torch.Tensor | None, spec: LayerSpec
 ) -> torch.Tensor:
     """``Σ δ δᵀ`` of the kept output units over examples and positions, (k_out, k_out)."""
-    if spec.kind != "conv2d":
+    if not spec.is_conv:
         kept = output_grads if index is None else output_grads[..., index]
         rows = kept.reshape(-1, kept.shape[-1])  # (B·T, k_out)
         return rows.T @ rows

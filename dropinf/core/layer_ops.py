@@ -12,10 +12,10 @@ from dropinf.core.masks import MaskCompressor
 
 
 def gather_units(inputs: torch.Tensor, index: torch.Tensor | None, spec: LayerSpec) -> torch.Tensor:
-    """Keep only the input units in ``index`` (channels for conv2d, features for linear)."""
+    """Keep only the input units in ``index`` (channels for convs, features for linear)."""
     if index is None:
         return inputs
-    return inputs[:, index] if spec.kind == "conv2d" else inputs[..., index]
+    return inputs[:, index] if spec.is_conv else inputs[..., index]
 
 
 def positions_view(inputs: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -38,7 +38,7 @@ def write_layer(
 
     Args:
         compressor: The layer's compressor.
-        module: The Linear / Conv2d layer.
+        module: The Linear / Conv2d layer (a Conv1d as its ``planar_view``).
         inputs: The layer input as captured (only the kept units for masks).
         output_grads: The full loss gradient of the layer output.
         out: (B, k) destination columns.
@@ -113,7 +113,7 @@ def output_grads_view(
 ) -> torch.Tensor:
     """Kept output gradients as (B, T, d_out)."""
     batch = output_grads.shape[0]
-    if spec.kind == "conv2d":
+    if spec.is_conv:
         kept = output_grads if index is None else output_grads[:, index]  # (B, k_out, H, W)
         return kept.reshape(batch, kept.shape[1], -1).transpose(1, 2)
     kept = output_grads if index is None else output_grads[..., index]

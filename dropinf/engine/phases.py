@@ -52,6 +52,7 @@ from dropinf.run import (
     Manifest,
     RunStore,
     check_resources,
+    check_same_layers,
     is_dropinf_manifest,
     layer_fields,
     mismatch_message,
@@ -161,6 +162,7 @@ def check_reopenable(engine: InfluenceEngine, manifest: dict[str, Any]) -> None:
             f"the model's weights differ from the model run {run_dir} was computed on "
             f"(expected fingerprint {manifest['model_fingerprint'][:12]}…)"
         )
+    check_same_layers(manifest, engine.layout.specs, run_dir)
 
 
 def fresh_manifest(engine: InfluenceEngine, n_train: int, data_fingerprint: str) -> Manifest:

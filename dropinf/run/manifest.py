@@ -8,6 +8,7 @@ shard size is decided here too, once the compressed dimension k is known.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -181,8 +182,56 @@ def is_dropinf_manifest(manifest: dict[str, Any]) -> bool:
 
 
 def signature_differences(saved: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
-    """The signature fields on which a saved run differs from the one asked for."""
-    return [field for field in SIGNATURE_FIELDS if saved.get(field) != fresh[field]]
+    """The signature fields on which a saved run differs from the one asked for.
+
+    ``layers`` is among them when the model's layers are captured differently (another
+    dropinf captured a Conv1d as flat parameters, say): the stored gradients would not line
+    up with new ones.
+    """
+    differing = [field for field in SIGNATURE_FIELDS if saved.get(field) != fresh[field]]
+    if captured_layers(saved) != captured_layers(fresh):
+        differing.append("layers")
+    return differing
+
+
+def captured_layers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's layer table without each layer's k (decided after the manifest)."""
+    return [
+        {key: value for key, value in layer.items() if key != "k"}
+        for layer in manifest.get("layers") or []
+    ]
+
+
+def layer_change(saved: dict[str, Any], fresh: dict[str, Any]) -> str:
+    """The first captured layer on which two manifests differ, as ``expected …, found …``."""
+    pairs = itertools.zip_longest(captured_layers(fresh), captured_layers(saved), fillvalue={})
+    for expected, found in pairs:
+        if expected != found:
+            return (
+                f"expected layer {expected.get('name')} as {expected.get('kind')}, "
+                f"found {found.get('name')} as {found.get('kind')}"
+            )
+    return "the same layers"
+
+
+def check_same_layers(manifest: dict[str, Any], specs: Sequence[LayerSpec], run_dir: Path) -> None:
+    """Refuse a run whose layers were captured otherwise than ``specs`` capture them.
+
+    Raises:
+        RunConfigMismatchError: They differ (the run came from another dropinf version).
+    """
+    fresh = {"layers": [spec.to_dict() for spec in specs]}
+    if captured_layers(manifest) != captured_layers(fresh):
+        raise RunConfigMismatchError(layers_message(run_dir, manifest, fresh))
+
+
+def layers_message(run_dir: Path, saved: dict[str, Any], fresh: dict[str, Any]) -> str:
+    """Why a run whose layers were captured otherwise cannot be used."""
+    return (
+        f"run directory {run_dir} holds a run whose model layers were captured differently "
+        f"({layer_change(saved, fresh)}), by another version of dropinf; recompute it with "
+        "--overwrite (overwrite=True) or use another directory"
+    )
 
 
 def mismatch_message(run_dir: Path, saved: dict[str, Any], fresh: dict[str, Any]) -> str:
@@ -194,6 +243,9 @@ def mismatch_message(run_dir: Path, saved: dict[str, Any], fresh: dict[str, Any]
             "--overwrite (overwrite=True) or use another directory"
         )
     differing = signature_differences(saved, fresh)
+    if differing == ["layers"]:
+        return layers_message(run_dir, saved, fresh)
+    differing = [field for field in differing if field != "layers"]
     return (
         f"run directory {run_dir} holds a run with a different {', '.join(differing)}; "
         f"expected {[fresh[f] for f in differing]}, found {[saved.get(f) for f in differing]}. "

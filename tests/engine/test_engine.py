@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from dropinf.errors import (
     NonFiniteError,
     RunConfigMismatchError,
 )
+from dropinf.run import RunStore
 
 EXACT = CompressionConfig(method="identity")
 
@@ -152,17 +154,22 @@ def kept_coordinates(model: nn.Module, engine: InfluenceEngine, full: torch.Tens
     columns = []
     layout = engine.layout
     for compressor, spec in zip(engine.capture.compressors, layout.specs, strict=True):
+        kept_in = every_unit(compressor.input_index, spec.in_units)
         if spec.is_factored:
             weight_start, shape = offsets[f"{spec.name}.weight"]
+            kept_out = every_unit(compressor.output_index, spec.out_units)
             index = torch.arange(shape.numel()).reshape(shape[0], spec.in_units, spec.patch)
-            index = index[compressor.output_index][:, compressor.input_index]
-            columns.append(weight_start + index.flatten())
-            bias_start, _ = offsets[f"{spec.name}.bias"]
-            columns.append(bias_start + compressor.output_index)
+            columns.append(weight_start + index[kept_out][:, kept_in].flatten())
+            if spec.has_bias:
+                columns.append(offsets[f"{spec.name}.bias"][0] + kept_out)
         else:
-            flat_start, _ = offsets[spec.name]
-            columns.append(flat_start + compressor.input_index)
+            columns.append(offsets[spec.name][0] + kept_in)
     return full[:, torch.cat(columns)]
+
+
+def every_unit(index: torch.Tensor | None, units: int) -> torch.Tensor:
+    """A compressor's kept units; None (identity) keeps all."""
+    return torch.arange(units) if index is None else index
 
 
 @pytest.mark.parametrize("mask", ["uniform", "energy"])
@@ -544,7 +551,7 @@ def test_norm_gradients_come_from_hooks_and_equal_the_loop(kind: str, monkeypatc
 
 
 def test_flat_fallback_gradients_equal_the_loop(monkeypatch) -> None:
-    """Parameters no hook covers (here a Conv1d's) get exact per-sample gradients from vmap."""
+    """Parameters no hook covers (here a PReLU's slope) get exact per-sample gradients from vmap."""
     import dropinf.core.capture as capture
 
     passes = []
@@ -553,14 +560,93 @@ def test_flat_fallback_gradients_equal_the_loop(monkeypatch) -> None:
         capture, "flat_per_sample_grads", lambda *args: passes.append(1) or vmap_pass(*args)
     )
     torch.manual_seed(5)
-    model = nn.Sequential(
-        nn.Unflatten(1, (1, 6)), nn.Conv1d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(8, 3)
-    ).double()
+    model = nn.Sequential(nn.Linear(6, 5), nn.PReLU(5), nn.Linear(5, 3)).double()
     train = make_data("mlp", 24, 9)
     config = CompressionConfig(keep_ratio=0.5, mask="uniform", seed=1)
     engine = InfluenceEngine(model, cross_entropy_per_sample, config, dtype=torch.float64)
     engine.fit(train, batch_size=10)
     expected = kept_coordinates(model, engine, loop_gradients(model, train))
     stored = torch.from_numpy(np.array(engine.store.gradients()))
-    assert passes and any(not spec.is_factored for spec in engine.layout.specs)
+    assert passes and [spec.kind for spec in engine.layout.specs] == ["linear", "linear", "flat"]
     assert torch.allclose(stored, expected, rtol=1e-12, atol=1e-14)
+
+
+def make_conv1d_model(seed: int) -> nn.Module:
+    """Conv1d layers with stride, padding, dilation and a shared (called twice) layer."""
+    torch.manual_seed(seed)
+
+    class Signals(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = nn.Conv1d(2, 4, 3, padding=1)
+            self.second = nn.Conv1d(4, 3, 3, stride=2, padding=2, dilation=2)
+            self.again = nn.Conv1d(3, 3, 1, bias=False)
+            self.head = nn.Linear(3, 3)
+
+        def forward(self, signals: torch.Tensor) -> torch.Tensor:
+            hidden = torch.tanh(self.second(torch.tanh(self.first(signals.view(-1, 2, 3)))))
+            return self.head(self.again(torch.tanh(self.again(hidden))).mean(2))
+
+    return Signals().double()
+
+
+@pytest.mark.parametrize("method", ["dropout", "identity"])
+def test_conv1d_layers_are_factored_and_equal_the_loop(method: str) -> None:
+    """A Conv1d is captured like the 1×k Conv2d it equals: exact kept per-sample gradients."""
+    model = make_conv1d_model(6)
+    train = make_data("mlp", 24, 9)  # (B, 6) read as 2 channels of length 3
+    config = CompressionConfig(method=method, keep_ratio=0.5, mask="uniform", seed=1)
+    engine = InfluenceEngine(model, cross_entropy_per_sample, config, dtype=torch.float64)
+    engine.fit(train, batch_size=10)
+    assert [spec.kind for spec in engine.layout.specs] == ["conv1d"] * 3 + ["linear"]
+    expected = kept_coordinates(model, engine, loop_gradients(model, train))
+    stored = torch.from_numpy(np.array(engine.store.gradients()))
+    assert torch.allclose(stored, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("curvature", ["kfac", "ekfac", "full"])
+def test_a_conv1d_scores_like_the_equal_1xk_conv2d(curvature: str) -> None:
+    """Scores, K-FAC factors included, of a Conv1d model equal its Conv2d (1×k) twin's."""
+    torch.manual_seed(7)
+    conv1d = nn.Conv1d(2, 4, 3, padding=1, stride=2).double()
+    conv2d = nn.Conv2d(2, 4, (1, 3), padding=(0, 1), stride=(1, 2)).double()
+    head = nn.Linear(8, 3).double()
+    with torch.no_grad():
+        conv2d.weight.copy_(conv1d.weight.unsqueeze(2))
+        conv2d.bias.copy_(conv1d.bias)
+    twins = [
+        nn.Sequential(nn.Unflatten(1, (2, 3)), conv1d, nn.Tanh(), nn.Flatten(), head),
+        nn.Sequential(nn.Unflatten(1, (2, 1, 3)), conv2d, nn.Tanh(), nn.Flatten(),
+                      copy.deepcopy(head)),
+    ]  # fmt: skip
+    train, test = make_data("mlp", 30, 10), make_data("mlp", 5, 11)
+    config = CompressionConfig(keep_ratio=0.5, mask="uniform", seed=1)
+    scores = [
+        InfluenceEngine(model, cross_entropy_per_sample, config, CurvatureConfig(kind=curvature),
+                        dtype=torch.float64).fit(train, batch_size=8).pairwise_scores(test)
+        for model in twins
+    ]  # fmt: skip
+    torch.testing.assert_close(scores[0], scores[1], rtol=1e-10, atol=1e-12)
+
+
+def test_a_run_whose_layers_were_captured_otherwise_is_refused(tmp_path) -> None:
+    """A run from a dropinf that captured a Conv1d as flat parameters is never mixed with new
+    gradients: fit and load refuse it by name; overwrite recomputes it."""
+    model, data = make_conv1d_model(6), make_data("mlp", 12, 9)
+
+    def engine(**options) -> InfluenceEngine:
+        return InfluenceEngine(model, cross_entropy_per_sample, dtype=torch.float64,
+                               run_dir=tmp_path / "run", **options)  # fmt: skip
+
+    engine().fit(data, batch_size=6)
+    store = RunStore(tmp_path / "run")
+    manifest = store.read_manifest()
+    manifest["layers"][0] = {**manifest["layers"][0], "name": "first.weight", "kind": "flat"}
+    store.write_manifest(manifest)
+    message = r"captured differently \(expected layer first as conv1d, found first.weight as flat"
+    with pytest.raises(RunConfigMismatchError, match=message):
+        engine().fit(data, batch_size=6)
+    with pytest.raises(RunConfigMismatchError, match=message):
+        InfluenceEngine.load(tmp_path / "run", model, cross_entropy_per_sample)
+    refit = engine(overwrite=True).fit(data, batch_size=6)
+    assert refit.store.read_manifest()["layers"][0]["kind"] == "conv1d"
