@@ -17,6 +17,7 @@ largest difference between the two runs' stored gradients (they must agree).
 
     .venv/bin/python bench/norms.py
     .venv/bin/python bench/norms.py --n 500 --repeats 1 --models token-mlp
+    .venv/bin/python bench/norms.py --device cuda --n 20000
 """
 
 from __future__ import annotations
@@ -113,15 +114,17 @@ def norms_through_vmap(enabled: bool) -> Iterator[None]:
         capture.hookable_norms = hooked
 
 
-def gradient_phase(model: nn.Module, data: RandomImages, batch: int, vmap: bool) -> dict:
+def gradient_phase(
+    model: nn.Module, data: RandomImages, args: argparse.Namespace, vmap: bool
+) -> dict:
     """One gradient phase: seconds, peak RSS above the start, the stored gradients."""
     with tempfile.TemporaryDirectory(prefix="dropinf-norms-") as run_dir:
         engine = InfluenceEngine(
             model, cross_entropy_per_sample, curvature=CurvatureConfig(kind="identity"),
-            run_dir=run_dir, device="cpu",
+            run_dir=run_dir, device=args.device,
         )  # fmt: skip
         with norms_through_vmap(vmap), PeakMemory() as memory:
-            engine.fit(data, batch_size=batch)
+            engine.fit(data, batch_size=args.batch_size)
         return {
             "seconds": engine.store.read_manifest()["timings"]["gradients"],
             "peak_mb": memory.peak / MB,
@@ -138,7 +141,7 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     runs: dict[str, list[dict]] = {"hooks": [], "vmap": []}
     for _ in range(args.repeats):
         for way in runs:
-            runs[way].append(gradient_phase(model, data, args.batch_size, way == "vmap"))
+            runs[way].append(gradient_phase(model, data, args, way == "vmap"))
     hooks, vmap = runs["hooks"][0]["gradients"], runs["vmap"][0]["gradients"]
     scale = float(np.abs(vmap).max()) or 1.0
     return {
@@ -155,8 +158,9 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
     """Print the table."""
     print(
         f"N {args.n} random 3x32x32 images, batch {args.batch_size}, width {args.width}, "
-        f"{torch.get_num_threads()} torch threads, medians of {args.repeats} alternated "
-        "(hooks, vmap, hooks, ...); peak RSS above the start of each fit.\n"
+        f"device {args.device}, {torch.get_num_threads()} torch threads, medians of "
+        f"{args.repeats} alternated (hooks, vmap, hooks, ...); peak host RSS above the start of "
+        "each fit.\n"
     )
     print("| model | parameters | k | gradients, norms by hooks | by vmap | vmap ÷ hooks | "
           "peak RSS hooks | vmap | max diff. (÷ max) |")  # fmt: skip
@@ -178,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--width", type=int, default=64, help="channels / token features")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
     report([measure(name, args) for name in args.models], args)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -71,3 +73,26 @@ def test_cuda_queries_after_the_first_read_no_shard(tmp_path, monkeypatch) -> No
 
     monkeypatch.setattr(np, "load", no_read)
     torch.testing.assert_close(engine.query(batch), first)
+
+
+def test_cuda_conv1d_and_norm_hooks_match_cpu() -> None:
+    """Conv1d (as its planar view) and the norms' hooks give the CPU's scores on CUDA."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(
+        torch.nn.Unflatten(1, (4, 16)), torch.nn.Conv1d(4, 8, 3, padding=1),
+        torch.nn.GroupNorm(2, 8), torch.nn.ReLU(), torch.nn.Conv1d(8, 8, 3, stride=2),
+        torch.nn.Flatten(), torch.nn.LayerNorm(56), torch.nn.Linear(56, 10),
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(4)
+    inputs = torch.randn(120, 64, generator=generator)
+    train = TensorDataset(inputs[:100], torch.randint(0, 10, (100,), generator=generator))
+    test = TensorDataset(inputs[100:], torch.randint(0, 10, (20,), generator=generator))
+
+    def scores(device: str) -> torch.Tensor:
+        engine = InfluenceEngine(copy.deepcopy(model), cross_entropy_per_sample,
+                                 curvature=CurvatureConfig(kind="ekfac"), device=device,
+                                 dtype=torch.float64)  # fmt: skip
+        return engine.fit(train, batch_size=32).pairwise_scores(test)
+
+    on_cpu, on_cuda = scores("cpu"), scores("cuda")
+    assert torch.allclose(on_cuda, on_cpu, rtol=1e-6, atol=1e-6 * on_cpu.abs().max().item())
