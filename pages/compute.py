@@ -16,6 +16,7 @@ from dropinf.core import (
     MASK_STRATEGIES,
     CompressionConfig,
     CurvatureConfig,
+    default_damping_text,
 )
 from dropinf.engine import COMBINATIONS, DEFAULT_COMBINATION
 from dropinf.errors import DropinfError
@@ -75,15 +76,19 @@ def curvature_form() -> CurvatureConfig:
         key="curvature",
         help="`auto`: one k×k Fisher when k is small, else per-layer blocks.",
     )
-    auto = right.checkbox("Automatic damping (0.1 · mean diagonal)", value=True, key="auto_damping")
-    damping = (
-        None
-        if auto
-        else right.number_input(
-            "Damping λ", min_value=1e-8, value=1e-3, format="%.2e", key="damping"
-        )
+    auto = right.checkbox(
+        "Automatic damping",
+        value=True,
+        key="auto_damping",
+        help="λ = ratio · mean diagonal of the Fisher (kfac / ekfac: per layer, of its mean "
+        f"eigenvalue), the ratio measured per kind: {default_damping_text()}.",
     )
-    return CurvatureConfig(kind=kind, damping=damping)
+    ratio = None if auto else right.number_input(
+        "Damping ratio", min_value=1e-6, value=1.0, format="%g", key="damping_ratio",
+        help="λ as a multiple of the mean diagonal: larger k usually wants a larger ratio "
+        "(bench/RESULTS.md §6).",
+    )  # fmt: skip
+    return CurvatureConfig(kind=kind, damping_ratio=ratio)
 
 
 def device_choice() -> str:

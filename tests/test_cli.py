@@ -23,6 +23,7 @@ from dropinf.cli import (
 from dropinf.core import (
     COMPRESSION_METHODS,
     CURVATURE_KINDS,
+    DEFAULT_DAMPING_RATIOS,
     MASK_STRATEGIES,
     CompressionConfig,
     CurvatureConfig,
@@ -263,7 +264,6 @@ def test_compute_command_spells_the_request():
     [
         (CompressionConfig(calibration_batches=8), CurvatureConfig(), "calibration_batches"),
         (CompressionConfig(layer_keep_ratios={"fc": 0.5}), CurvatureConfig(), "layer_keep_ratios"),
-        (CompressionConfig(), CurvatureConfig(damping_ratio=0.2), "damping_ratio"),
         (CompressionConfig(), CurvatureConfig(max_full_dim=16), "max_full_dim"),
     ],
 )
@@ -271,6 +271,17 @@ def test_compute_command_refuses_options_the_cli_cannot_pass(compression, curvat
     request = RunRequest(Path("m.pt"), "digits", compression, curvature)
     with pytest.raises(ConfigError, match=field):
         compute_command(request, Path("/runs/x"))
+
+
+def test_damping_ratio_option_sets_the_ratio_and_its_help_names_each_kinds_default():
+    args = build_parser().parse_args(
+        ["compute", "--model", "m.pt", "--data", "d", "--out", "o", "--damping-ratio", "3"]
+    )
+    assert compute_request(args).curvature == CurvatureConfig(damping_ratio=3.0)
+    compute_parser = build_parser()._subparsers._group_actions[0].choices["compute"]
+    help_text = " ".join(compute_parser.format_help().split())
+    for kind in ("full", "block", "kfac", "ekfac"):
+        assert f"{kind} {DEFAULT_DAMPING_RATIOS[kind]:g}" in help_text
 
 
 def test_parser_defaults_are_the_configs_defaults():
@@ -295,6 +306,7 @@ CURVATURES = st.builds(
     CurvatureConfig,
     kind=st.sampled_from(CURVATURE_KINDS),
     damping=st.none() | st.floats(min_value=1e-30, max_value=1e30),
+    damping_ratio=st.none() | st.floats(min_value=1e-30, max_value=1e30),
 )
 
 
@@ -310,6 +322,7 @@ CURVATURES = st.builds(
 @example("-m.pt", "-digits", CompressionConfig(max_kept_units=None), CurvatureConfig("ekfac"), 1,
          "--out")  # fmt: skip
 @example("m.pt", "digits", CompressionConfig(max_kept_units=3), CurvatureConfig("kfac"), 8, "r")
+@example("m.pt", "d", CompressionConfig(), CurvatureConfig("block", damping_ratio=3.0), 8, "r")
 def test_compute_command_parses_back_to_its_request(
     checkpoint, data_spec, compression, curvature, batch_size, run_dir
 ):

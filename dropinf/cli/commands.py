@@ -23,7 +23,7 @@ from dropinf.run import DECISIONS_FILE, RETRAIN_REPORT_FILE, RunRequest
 FIXED_COMPRESSION_FIELDS = ("layer_keep_ratios", "calibration_batches")
 
 
-FIXED_CURVATURE_FIELDS = ("damping_ratio", "max_full_dim")
+FIXED_CURVATURE_FIELDS = ("max_full_dim",)
 
 
 DEFAULT_MAP_SEED = 0
@@ -52,7 +52,9 @@ def compute_request(args: argparse.Namespace) -> RunRequest:
         checkpoint=args.model[-1],
         data_spec=args.data,
         compression=compression,
-        curvature=CurvatureConfig(kind=args.curvature, damping=args.damping),
+        curvature=CurvatureConfig(
+            kind=args.curvature, damping=args.damping, damping_ratio=args.damping_ratio
+        ),
         device=args.device if args.device is not None else str(resolve_device(None)),
         batch_size=args.batch_size,
         arch=args.arch,
@@ -116,6 +118,8 @@ def compute_command(
     }
     if curvature.damping is not None:
         options["--damping"] = repr(curvature.damping)
+    if curvature.damping_ratio is not None:
+        options["--damping-ratio"] = repr(curvature.damping_ratio)
     if request.arch is not None:
         options["--arch"] = request.arch
     if request.arch_args is not None:

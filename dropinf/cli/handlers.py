@@ -25,6 +25,7 @@ from dropinf.core import (
     COMPRESSION_METHODS,
     CURVATURE_KINDS,
     MASK_STRATEGIES,
+    default_damping_text,
 )
 from dropinf.engine.ensemble import COMBINATIONS, DEFAULT_COMBINATION
 from dropinf.errors import ConfigError
@@ -136,7 +137,14 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
         "--damping",
         type=float,
         default=CURVATURE_DEFAULTS.damping,
-        help="λ added to the Fisher diagonal (default 0.1 · mean diag F)",
+        help="λ added to the Fisher diagonal (default: --damping-ratio · mean diag F)",
+    )
+    parser.add_argument(
+        "--damping-ratio",
+        type=float,
+        default=CURVATURE_DEFAULTS.damping_ratio,
+        help="the default λ's factor of mean diag F (kfac / ekfac: per layer, of its mean "
+        f"eigenvalue); default per kind: {default_damping_text()}",
     )
     parser.add_argument("--batch-size", type=positive_int, default=RunRequest.batch_size)
     add_device_argument(parser)

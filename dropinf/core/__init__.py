@@ -21,6 +21,7 @@ from dropinf.core.config import (
     MASK_STRATEGIES,
     CompressionConfig,
     CurvatureConfig,
+    default_damping_text,
 )
 from dropinf.core.curvature import (
     BlockStatistics,
@@ -65,6 +66,7 @@ __all__ = [
     "compressed_size",
     "cross_entropy_per_sample",
     "curvature_flops",
+    "default_damping_text",
     "discover_layers",
     "energy_split",
     "factored_spec",

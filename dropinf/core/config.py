@@ -21,6 +21,12 @@ DEFAULT_MAX_KEPT_UNITS = 64
 DEFAULT_DAMPING_RATIOS = {"full": 1.0, "block": 1.0, "kfac": 0.1, "ekfac": 0.1, "identity": 1.0}
 
 
+def default_damping_text() -> str:
+    """Each damped kind's default ratio, in words: ``"full 1, block 1, kfac 0.1, ekfac 0.1"``."""
+    damped = [kind for kind in DEFAULT_DAMPING_RATIOS if kind != "identity"]
+    return ", ".join(f"{kind} {DEFAULT_DAMPING_RATIOS[kind]:g}" for kind in damped)
+
+
 def _is_real(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
