@@ -49,6 +49,7 @@ from bench.peers_table import (  # noqa: E402
     report_lds,
 )
 from dropinf import metrics  # noqa: E402
+from dropinf.core import CURVATURE_KINDS  # noqa: E402
 from dropinf.data import DatasetBundle  # noqa: E402
 from dropinf.models import TrainRecipe  # noqa: E402
 
@@ -119,7 +120,9 @@ def run_setting(
     )
     results, ratios = [], {}
     with contextlib.chdir(workdir):  # peers that write into the working directory (dattri)
-        table = method_table(dropinf_only, recipe, bundle, size.extra_keep_ratios)
+        table = method_table(
+            dropinf_only, recipe, bundle, size.extra_keep_ratios, size.extra_curvature
+        )
         for name, method in table.items():
             skipped = _skip_reason(name, method, arch, seed, size, carry)
             if skipped:
@@ -265,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--extra-keep", nargs="+", type=float, help="more dropinf rows at these keep ratios"
     )
+    parser.add_argument(
+        "--extra-curvature",
+        default="auto",
+        choices=CURVATURE_KINDS,
+        help="the curvature kind of the --extra-keep rows",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     torch.set_default_dtype(torch.float32)
@@ -277,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "extra_keep_ratios": args.extra_keep,
     }
     size = replace(size, **{k: tuple(v) for k, v in overrides.items() if v})
+    size = replace(size, extra_curvature=args.extra_curvature)
     earlier = json.loads(args.keep_from.read_text()) if args.keep_from else None
     kept = earlier["settings"] if earlier else []
     settings, carry = [], Carry.from_earlier(kept, tuple(args.skip_methods))

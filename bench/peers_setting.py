@@ -39,6 +39,7 @@ class Size:
         damping_grid: The shared damping ratios every damped method chooses from.
         extra_keep_ratios: More dropinf dropout rows, at these keep ratios (peers keep the k of
             keep 0.25).
+        extra_curvature: The curvature kind of those rows (``auto``, as the default row's).
     """
 
     replicas: int
@@ -52,6 +53,7 @@ class Size:
     method_timeout_s: int
     damping_grid: tuple[float, ...] = DAMPING_GRID
     extra_keep_ratios: tuple[float, ...] = ()
+    extra_curvature: str = "auto"
 
 
 FULL = Size(

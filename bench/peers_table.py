@@ -58,8 +58,12 @@ def method_table(
     recipe: TrainRecipe,
     bundle: DatasetBundle,
     extra_keep: tuple[float, ...] = (),
+    extra_curvature: str = "auto",
 ) -> dict[str, Method]:
-    """Method label -> method, in table order (dropinf dropout first: it fixes k)."""
+    """Method label -> method, in table order (dropinf dropout first: it fixes k).
+
+    ``extra_keep`` adds dropinf rows at those keep ratios, fitted with ``extra_curvature``.
+    """
     methods = {
         "dropinf dropout": Method(dropinf_adapter("dropout", KEEP_RATIO, "uniform"), True),
         "dropinf dropout (energy mask)": Method(
@@ -67,8 +71,9 @@ def method_table(
         ),
     }
     for keep in extra_keep:
-        adapter = dropinf_adapter("dropout", keep, "uniform")
-        methods[f"dropinf dropout (keep {keep})"] = Method(adapter, damped=True)
+        adapter = dropinf_adapter("dropout", keep, "uniform", extra_curvature)
+        kind = "" if extra_curvature == "auto" else f", {extra_curvature}"
+        methods[f"dropinf dropout (keep {keep}{kind})"] = Method(adapter, damped=True)
     if dropinf_only:
         return methods
     methods |= {

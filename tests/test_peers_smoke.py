@@ -23,7 +23,8 @@ def test_peers_smoke_produces_sane_results(tmp_path):
     flags = [] if PEERS_PYTHON.exists() else ["--dropinf-only"]
     out, plot, raw = tmp_path / "PEERS.md", tmp_path / "plot.png", tmp_path / "results.json"
     command = [str(python), "bench/peers.py", "--smoke", *flags, "--out", str(out),
-               "--plot", str(plot), "--json", str(raw)]  # fmt: skip
+               "--plot", str(plot), "--json", str(raw),
+               "--extra-keep", "1.0", "--extra-curvature", "full"]  # fmt: skip
     subprocess.run(command, cwd=ROOT, check=True, timeout=600, capture_output=True)
     payload = json.loads(raw.read_text())
     (setting,) = payload["settings"]
@@ -32,6 +33,9 @@ def test_peers_smoke_produces_sane_results(tmp_path):
     assert dropout["error"] is None and dropout["k"] > 0
     assert 0.5 < dropout["auc"] <= 1.0  # self-influence finds flipped labels better than chance
     assert dropout["lds"] > 0.0  # predicted subset effects correlate with retrained outputs
+    larger = rows["dropinf dropout (keep 1.0, full)"]  # the extra row, its own curvature
+    assert larger["error"] is None and larger["k"] > dropout["k"]
+    assert "full curvature" in larger["note"] and "auto curvature" in dropout["note"]
     assert -1.0 <= setting["fidelity"]["spearman"] <= 1.0
     for row in rows.values():
         if row["error"] is None:

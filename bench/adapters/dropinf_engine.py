@@ -10,8 +10,8 @@ from bench.adapters.measure import MethodResult, folder_bytes, phase
 from bench.adapters.runner import BATCH, Problem
 
 
-def dropinf_adapter(method: str, keep_ratio: float, mask: str = "uniform"):
-    """An adapter running dropinf's InfluenceEngine with one compression method."""
+def dropinf_adapter(method: str, keep_ratio: float, mask: str = "uniform", curvature: str = "auto"):
+    """An adapter running dropinf's InfluenceEngine with one compression method and curvature."""
 
     def adapter(problem: Problem, result: MethodResult) -> None:
         from dropinf import review
@@ -19,13 +19,13 @@ def dropinf_adapter(method: str, keep_ratio: float, mask: str = "uniform"):
         from dropinf.engine import InfluenceEngine
 
         compression = CompressionConfig(method=method, keep_ratio=keep_ratio, seed=0, mask=mask)
-        curvature = CurvatureConfig(kind="auto", damping_ratio=problem.damping_ratio)
+        config = CurvatureConfig(kind=curvature, damping_ratio=problem.damping_ratio)
         run_dir = Path(tempfile.mkdtemp(dir=problem.workdir, prefix=f"dropinf-{method}-"))
         engine = InfluenceEngine(
             copy.deepcopy(problem.model),
             cross_entropy_per_sample,
             compression,
-            curvature,
+            config,
             run_dir=run_dir,
             overwrite=True,
         )
@@ -40,7 +40,7 @@ def dropinf_adapter(method: str, keep_ratio: float, mask: str = "uniform"):
         result.bytes_stored = folder_bytes(run_dir)
         result.k = int(engine.store.read_manifest()["k"])
         result.note = (
-            f"{method}, keep {keep_ratio}, mask {mask}, auto curvature; detects by the "
+            f"{method}, keep {keep_ratio}, mask {mask}, {curvature} curvature; detects by the "
             "leave-one-out loss (loss + self-influence / N)"
         )
 
