@@ -285,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         "damping_grid": args.damping_grid,
         "extra_keep_ratios": args.extra_keep,
     }
-    size = replace(size, **{k: tuple(v) for k, v in overrides.items() if v})
-    size = replace(size, extra_curvature=args.extra_curvature)
+    given = {k: tuple(v) for k, v in overrides.items() if v}
+    size = replace(size, extra_curvature=args.extra_curvature, **given)
     earlier = json.loads(args.keep_from.read_text()) if args.keep_from else None
     kept = earlier["settings"] if earlier else []
     settings, carry = [], Carry.from_earlier(kept, tuple(args.skip_methods))

@@ -99,7 +99,8 @@ class ShardReader:
         if self._resident is not None and self._resident[0] == device:
             yield from self._resident[1]
             return
-        keep = self.stored_bytes() <= self.room(device)
+        room = self.room(device)
+        keep = room > 0 and self.stored_bytes() <= room
         kept = []
         for start, chunk in self.raw_chunks(rows):
             tensor = as_tensor(chunk).to(device)

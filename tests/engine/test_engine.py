@@ -172,16 +172,23 @@ def every_unit(index: torch.Tensor | None, units: int) -> torch.Tensor:
     return torch.arange(units) if index is None else index
 
 
+def stored_and_loop(
+    model: nn.Module, train: TensorDataset, config: CompressionConfig
+) -> tuple[InfluenceEngine, torch.Tensor, torch.Tensor]:
+    """A float64 fit of ``model``: the engine, its stored gradients, the loop's kept coordinates."""
+    engine = InfluenceEngine(model, cross_entropy_per_sample, config, dtype=torch.float64)
+    engine.fit(train, batch_size=10)
+    stored = torch.from_numpy(np.array(engine.store.gradients()))
+    return engine, stored, kept_coordinates(model, engine, loop_gradients(model, train))
+
+
 @pytest.mark.parametrize("mask", ["uniform", "energy"])
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_batched_dropout_gradients_equal_loop_coordinates(kind: str, mask: str) -> None:
     model = make_mlp(2) if kind == "mlp" else make_cnn(2)
     train = make_data(kind, 24, 8)
     config = CompressionConfig(keep_ratio=0.5, mask=mask, seed=3)
-    engine = InfluenceEngine(model, cross_entropy_per_sample, config, dtype=torch.float64)
-    engine.fit(train, batch_size=10)
-    expected = kept_coordinates(model, engine, loop_gradients(model, train))
-    stored = torch.from_numpy(np.array(engine.store.gradients()))
+    _engine, stored, expected = stored_and_loop(model, train, config)
     assert stored.shape == expected.shape
     assert torch.allclose(stored, expected, rtol=1e-12, atol=1e-14)
 
@@ -542,10 +549,7 @@ def test_norm_gradients_come_from_hooks_and_equal_the_loop(kind: str, monkeypatc
     model = make_norm_model(kind, 4)
     train = make_data("cnn" if kind.endswith("cnn") else "mlp", 24, 9)
     config = CompressionConfig(keep_ratio=0.5, mask="uniform", seed=1)
-    engine = InfluenceEngine(model, cross_entropy_per_sample, config, dtype=torch.float64)
-    engine.fit(train, batch_size=10)
-    expected = kept_coordinates(model, engine, loop_gradients(model, train))
-    stored = torch.from_numpy(np.array(engine.store.gradients()))
+    engine, stored, expected = stored_and_loop(model, train, config)
     assert any(not spec.is_factored for spec in engine.layout.specs)
     assert torch.allclose(stored, expected, rtol=1e-12, atol=1e-14)
 
@@ -563,10 +567,7 @@ def test_flat_fallback_gradients_equal_the_loop(monkeypatch) -> None:
     model = nn.Sequential(nn.Linear(6, 5), nn.PReLU(5), nn.Linear(5, 3)).double()
     train = make_data("mlp", 24, 9)
     config = CompressionConfig(keep_ratio=0.5, mask="uniform", seed=1)
-    engine = InfluenceEngine(model, cross_entropy_per_sample, config, dtype=torch.float64)
-    engine.fit(train, batch_size=10)
-    expected = kept_coordinates(model, engine, loop_gradients(model, train))
-    stored = torch.from_numpy(np.array(engine.store.gradients()))
+    engine, stored, expected = stored_and_loop(model, train, config)
     assert passes and [spec.kind for spec in engine.layout.specs] == ["linear", "linear", "flat"]
     assert torch.allclose(stored, expected, rtol=1e-12, atol=1e-14)
 
@@ -596,11 +597,8 @@ def test_conv1d_layers_are_factored_and_equal_the_loop(method: str) -> None:
     model = make_conv1d_model(6)
     train = make_data("mlp", 24, 9)  # (B, 6) read as 2 channels of length 3
     config = CompressionConfig(method=method, keep_ratio=0.5, mask="uniform", seed=1)
-    engine = InfluenceEngine(model, cross_entropy_per_sample, config, dtype=torch.float64)
-    engine.fit(train, batch_size=10)
+    engine, stored, expected = stored_and_loop(model, train, config)
     assert [spec.kind for spec in engine.layout.specs] == ["conv1d"] * 3 + ["linear"]
-    expected = kept_coordinates(model, engine, loop_gradients(model, train))
-    stored = torch.from_numpy(np.array(engine.store.gradients()))
     assert torch.allclose(stored, expected, rtol=1e-12, atol=1e-14)
 
 

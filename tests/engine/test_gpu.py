@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -12,6 +11,7 @@ from torch.utils.data import TensorDataset
 from dropinf import CompressionConfig, CurvatureConfig, InfluenceEngine
 from dropinf.core import cross_entropy_per_sample
 from dropinf.models import build_model
+from tests.engine.test_engine import refuse_shard_reads
 
 pytestmark = pytest.mark.gpu
 
@@ -67,11 +67,7 @@ def test_cuda_queries_after_the_first_read_no_shard(tmp_path, monkeypatch) -> No
     ).fit(train)
     batch = next(iter(torch.utils.data.DataLoader(train, batch_size=8)))
     first = engine.query(batch)
-
-    def no_read(*_args, **_kwargs):
-        raise AssertionError("a shard was read")
-
-    monkeypatch.setattr(np, "load", no_read)
+    refuse_shard_reads(monkeypatch)
     torch.testing.assert_close(engine.query(batch), first)
 
 
